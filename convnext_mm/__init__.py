@@ -1,0 +1,12 @@
+"""convnext-mm: the ConvNeXt backbone as a plugin for mmdetection 3.x and mmsegmentation 1.x.
+
+Importing this package registers, in mmdet's and in mmseg's registries (whichever are installed):
+- ``ConvNeXt`` in ``MODELS``;
+- ``ConvNeXtLayerDecayOptimizerConstructor`` in ``OPTIM_WRAPPER_CONSTRUCTORS``.
+Configs import it with ``custom_imports=dict(imports=['convnext_mm'], allow_failed_imports=False)``.
+"""
+from .backbone import ConvNeXt
+from .checkpoint import convert_state_dict, load_pretrained
+
+__all__ = ['ConvNeXt', 'convert_state_dict', 'load_pretrained']
+__version__ = '0.1.0'

@@ -1,0 +1,259 @@
+"""The ConvNeXt backbone for mmdet and mmseg ("A ConvNet for the 2020s", Liu et al., CVPR 2022).
+
+Data path: image -> stem (4x4 stride-4 conv, LayerNorm) -> four stages (stages 1-3 begin with a LayerNorm and
+a 2x2 stride-2 conv) -> one channels-first LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
+The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as checkpoint
+from mmcv.cnn.bricks import DropPath
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+
+from .checkpoint import load_pretrained
+from .registry import register_in_hosts
+
+# Depths and widths from the ConvNeXt (V1) and ConvNeXt V2 papers.
+ARCH_SETTINGS = {
+    'atto': dict(depths=[2, 2, 6, 2], dims=[40, 80, 160, 320]),
+    'femto': dict(depths=[2, 2, 6, 2], dims=[48, 96, 192, 384]),
+    'pico': dict(depths=[2, 2, 6, 2], dims=[64, 128, 256, 512]),
+    'nano': dict(depths=[2, 2, 8, 2], dims=[80, 160, 320, 640]),
+    'tiny': dict(depths=[3, 3, 9, 3], dims=[96, 192, 384, 768]),
+    'small': dict(depths=[3, 3, 27, 3], dims=[96, 192, 384, 768]),
+    'base': dict(depths=[3, 3, 27, 3], dims=[128, 256, 512, 1024]),
+    'large': dict(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536]),
+    'xlarge': dict(depths=[3, 3, 27, 3], dims=[256, 512, 1024, 2048]),
+    'huge': dict(depths=[3, 3, 27, 3], dims=[352, 704, 1408, 2816]),
+}
+NUM_STAGES = 4
+TOTAL_STRIDE = 32
+NORM_EPS = 1e-6
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor ("channels-first" in the paper's code)."""
+
+    def forward(self, x):
+        # Normalizing the last dim of the NHWC view is exact and lets PyTorch use its fused kernel.
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class GRN(nn.Module):
+    """Global response normalization of ConvNeXt V2, on NHWC input."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        spatial_norm = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        relative_norm = spatial_norm / (spatial_norm.mean(dim=-1, keepdim=True) + self.eps)
+        return self.gamma * (x * relative_norm) + self.beta + x
+
+
+class ConvNeXtBlock(nn.Module):
+    """7x7 depthwise conv, LayerNorm, Linear to 4C, GELU, [GRN], Linear to C, [layer scale], drop path, residual."""
+
+    def __init__(self, dim, drop_path=0., layer_scale_init_value=1e-6, use_grn=False):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.grn = GRN(4 * dim) if use_grn else None
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        # V2 replaces layer scale by GRN.
+        if layer_scale_init_value > 0 and not use_grn:
+            self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
+        else:
+            self.gamma = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x):
+        shortcut = x
+        x = self.dwconv(x).permute(0, 2, 3, 1)  # NCHW -> NHWC: the norm and Linears act on channels last
+        x = self.act(self.pwconv1(self.norm(x)))
+        if self.grn is not None:
+            x = self.grn(x)
+        x = self.pwconv2(x)
+        if self.gamma is not None:
+            x = x * self.gamma
+        x = x.permute(0, 3, 1, 2)
+        return shortcut + self.drop_path(x)
+
+
+class ConvNeXtStage(nn.Module):
+    """A downsample layer (none in stage 0, where the stem downsamples) followed by ``depth`` blocks."""
+
+    def __init__(self, in_dim, dim, depth, drop_path_rates, layer_scale_init_value=1e-6, use_grn=False,
+                 with_cp=False):
+        super().__init__()
+        if in_dim is None:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = nn.Sequential(
+                LayerNorm2d(in_dim, eps=NORM_EPS), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
+        self.blocks = nn.Sequential(*[
+            ConvNeXtBlock(dim, drop_path_rates[i], layer_scale_init_value, use_grn) for i in range(depth)
+        ])
+        self.with_cp = with_cp
+
+    def forward(self, x):
+        x = self.downsample(x)
+        for block in self.blocks:
+            if self.with_cp and torch.is_grad_enabled():
+                x = checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+
+def resolve_arch(arch):
+    """``arch`` preset name or ``dict(depths=[4 ints], dims=[4 ints])`` -> (depths, dims)."""
+    if isinstance(arch, str):
+        if arch not in ARCH_SETTINGS:
+            raise ValueError(f'ConvNeXt: unknown arch {arch!r}; choose one of {sorted(ARCH_SETTINGS)} '
+                             "or pass dict(depths=[...], dims=[...]) with 4 entries each")
+        arch = ARCH_SETTINGS[arch]
+    if not isinstance(arch, dict) or set(arch) != {'depths', 'dims'}:
+        raise ValueError(f'ConvNeXt: arch must be a preset name or a dict with exactly the keys depths and dims, '
+                         f'got {arch!r}')
+    depths, dims = list(arch['depths']), list(arch['dims'])
+    if len(depths) != NUM_STAGES or len(dims) != NUM_STAGES or not all(
+            isinstance(v, int) and v > 0 for v in depths + dims):
+        raise ValueError(f'ConvNeXt: arch depths and dims need {NUM_STAGES} positive integers each, '
+                         f'got depths={depths}, dims={dims}')
+    return depths, dims
+
+
+def resolve_out_indices(out_indices):
+    """Any subset of 0..3 (negatives count from the end) -> sorted tuple of stage indices."""
+    if isinstance(out_indices, int):
+        out_indices = (out_indices, )
+    resolved = []
+    for index in out_indices:
+        if not isinstance(index, int) or not -NUM_STAGES <= index < NUM_STAGES:
+            raise ValueError(f'ConvNeXt: out_indices entry {index!r} is out of range; allowed are 0..3 '
+                             'or -4..-1 (strides 4, 8, 16, 32)')
+        resolved.append(index % NUM_STAGES)
+    if not resolved or len(set(resolved)) != len(resolved):
+        raise ValueError(f'ConvNeXt: out_indices must name distinct stages, at least one, got {out_indices!r}')
+    return tuple(sorted(resolved))
+
+
+@register_in_hosts('MODELS')
+class ConvNeXt(BaseModule):
+    """ConvNeXt backbone emitting one LayerNorm-ed feature map per index in ``out_indices``.
+
+    Args:
+        arch: a preset (atto, femto, pico, nano, tiny, small, base, large, xlarge, huge) or
+            ``dict(depths=[...], dims=[...])``.
+        in_channels: channels of the input image.
+        out_indices: stages whose outputs are returned (strides 4, 8, 16, 32 for 0..3).
+        drop_path_rate: stochastic depth rate, rising linearly from 0 over all blocks to this value.
+        layer_scale_init_value: initial layer scale; 0 disables layer scale. Ignored with ``use_grn``.
+        frozen_stages: k freezes stages 0..k-1 (stem or downsample layer, blocks and output norm of each):
+            no gradient, eval mode after ``train()``. 0 (or -1, mmdet's convention) freezes nothing.
+        with_cp: non-reentrant gradient checkpointing of each block, to save memory in training.
+        use_grn: ConvNeXt V2 blocks (global response normalization after GELU, no layer scale).
+        init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the
+            official, timm, mmpretrain, ConvNeXt V2 or convnext_mm checkpoint layouts.
+    """
+
+    def __init__(self,
+                 arch='tiny',
+                 in_channels=3,
+                 out_indices=(0, 1, 2, 3),
+                 drop_path_rate=0.,
+                 layer_scale_init_value=1e-6,
+                 frozen_stages=0,
+                 with_cp=False,
+                 use_grn=False,
+                 init_cfg=None):
+        if init_cfg is None:
+            init_cfg = [dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.)]
+        super().__init__(init_cfg=init_cfg)
+        depths, dims = resolve_arch(arch)
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= NUM_STAGES:
+            raise ValueError(f'ConvNeXt: frozen_stages={frozen_stages!r} is out of range; allowed are 0..4 '
+                             '(k freezes stages 0..k-1; -1 also means none)')
+        if not 0 <= drop_path_rate < 1:
+            raise ValueError(f'ConvNeXt: drop_path_rate={drop_path_rate!r} must be in [0, 1)')
+        self.depths, self.dims = depths, dims
+        self.in_channels = in_channels
+        self.out_indices = resolve_out_indices(out_indices)
+        self.frozen_stages = max(frozen_stages, 0)
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=NORM_EPS))
+        drop_path_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        for i in range(NUM_STAGES):
+            first_block = sum(depths[:i])
+            self.stages.append(
+                ConvNeXtStage(
+                    in_dim=dims[i - 1] if i > 0 else None,
+                    dim=dims[i],
+                    depth=depths[i],
+                    drop_path_rates=drop_path_rates[first_block:first_block + depths[i]],
+                    layer_scale_init_value=layer_scale_init_value,
+                    use_grn=use_grn,
+                    with_cp=with_cp))
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=NORM_EPS))
+        self._freeze_stages()
+
+    def init_weights(self):
+        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
+            if 'checkpoint' not in self.init_cfg:
+                raise ValueError("ConvNeXt: init_cfg of type 'Pretrained' needs checkpoint=PATH_OR_URL")
+            load_pretrained(self, self.init_cfg['checkpoint'], logger=MMLogger.get_current_instance())
+            self._is_init = True
+        else:
+            super().init_weights()
+
+    def forward(self, x):
+        self._check_input(x)
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+        return tuple(outs)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def _freeze_stages(self):
+        frozen = [self.stem] if self.frozen_stages > 0 else []
+        for i in range(self.frozen_stages):
+            frozen.append(self.stages[i])
+            if i in self.out_indices:
+                frozen.append(getattr(self, f'norm{i}'))
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f'ConvNeXt expects an NCHW image tensor (4 dims: batch, channels, height, width), '
+                             f'got {shape}')
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f'ConvNeXt was built with in_channels={self.in_channels} but the input has '
+                             f'{x.shape[1]} channels (shape {tuple(x.shape)}); pass NCHW images or set '
+                             f'in_channels={x.shape[1]}')
+        if min(x.shape[2:]) < TOTAL_STRIDE:
+            raise ValueError(f'ConvNeXt needs an input of at least {TOTAL_STRIDE}x{TOTAL_STRIDE} pixels (its total '
+                             f'stride), got {x.shape[2]}x{x.shape[3]}; resize or pad the image')

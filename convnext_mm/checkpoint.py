@@ -1,0 +1,178 @@
+"""Reading ConvNeXt checkpoints in the public layouts and loading them into :class:`ConvNeXt`.
+
+Supported, detected from the file itself:
+- the official ConvNeXt / ConvNeXt V2 release: ``{'model': ...}``, ``downsample_layers.I.J.*``,
+  ``stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn.*}``, the classifier's ``norm.*`` and ``head.*``;
+- timm: ``stem.*``, ``stages.S.downsample.*``, ``stages.S.blocks.B.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}``;
+- mmpretrain: ``{'state_dict': ...}`` with ``backbone.``-prefixed keys, ``depthwise_conv``, ``pointwise_conv1/2``;
+- files saved by convnext_mm (a bare backbone state dict, or a whole detector/segmentor checkpoint).
+"""
+import argparse
+import os
+import pickle
+import re
+import urllib.error
+import zipfile
+
+import numpy as np
+import torch
+
+# What a checkpoint may hold beyond tensors, for torch's safe (weights_only) unpickler: numpy arrays and
+# scalars (mmengine and mmpretrain store them in their metadata) and argparse.Namespace (training args).
+SAFE_GLOBALS = [
+    np.core.multiarray._reconstruct, np.core.multiarray.scalar, np.ndarray, np.dtype, argparse.Namespace,
+    *{type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16,
+                                  np.float32, np.float64)},
+]
+
+# (pattern, replacement) applied in order to each key, mapping every public layout onto convnext_mm's names.
+KEY_RENAMES = [
+    (r'^downsample_layers\.0\.', 'stem.'),
+    (r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.'),
+    (r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),  # official and mmpretrain: no "blocks." level
+    (r'\.(depthwise_conv|conv_dw)\.', '.dwconv.'),
+    (r'\.(pointwise_conv1|mlp\.fc1)\.', '.pwconv1.'),
+    (r'\.(pointwise_conv2|mlp\.fc2)\.', '.pwconv2.'),
+    (r'\.mlp\.grn\.weight$', '.grn.gamma'),  # timm's ConvNeXt V2
+    (r'\.mlp\.grn\.bias$', '.grn.beta'),
+]
+# The image classifier of a classification checkpoint: official final norm and head, timm's head.
+CLASSIFIER_KEY = re.compile(r'^(norm|head|norm_pre)\.')
+OUTPUT_NORM_KEY = re.compile(r'^norm\d\.')
+BACKBONE_KEY = re.compile(r'^(stem|stages|norm\d)\.')
+MAX_KEYS_SHOWN = 6
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded into the ConvNeXt backbone; the message says why and what to do."""
+
+
+def read_checkpoint(path_or_url):
+    """Load a checkpoint file or URL with torch's safe unpickler (tensors, containers, numpy metadata)."""
+    if re.match(r'^(https?|ftp)://', str(path_or_url)):
+        try:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                return torch.hub.load_state_dict_from_url(
+                    path_or_url, map_location='cpu', weights_only=True, check_hash=False)
+        except (urllib.error.URLError, OSError) as error:
+            raise CheckpointError(
+                f'Could not download the ConvNeXt checkpoint {path_or_url} ({error}). Offline, download the '
+                'file elsewhere and pass its local path, e.g. '
+                "init_cfg=dict(type='Pretrained', checkpoint='data/pretrained/FILE.pth').") from error
+    path = os.fspath(path_or_url)
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f'ConvNeXt checkpoint {path!r} not found. Download the file (the official ImageNet weights are '
+            'listed in the README) into that place, or point init_cfg.checkpoint at its local path, e.g. with '
+            '--cfg-options model.backbone.init_cfg.checkpoint=PATH.')
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f'{path} holds objects that safe loading (torch.load weights_only=True) refuses, so it is not a '
+            f'plain checkpoint; re-save its state dict with torch.save. Details: {error}') from error
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f'{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt: download or '
+            f'save it again. Details: {error}') from error
+
+
+def _unwrap(checkpoint):
+    """The tensor dict inside a checkpoint: under 'state_dict' (mmengine, mmpretrain), 'model' (official)."""
+    for key in ('state_dict', 'model', 'module'):
+        if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint
+
+
+def convert_state_dict(checkpoint):
+    """Map any supported checkpoint layout onto convnext_mm's parameter names.
+
+    Returns ``(state_dict, ignored)``: the backbone's tensors under our names, and the keys that belong to
+    no backbone (the classifier, or a detector's neck and heads), as named in the file.
+    """
+    state_dict = _unwrap(checkpoint)
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise CheckpointError('not a state dict: expected a mapping of parameter names to tensors, '
+                              "possibly under 'state_dict' or 'model'")
+    state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}  # DDP wrapping
+    # A whole model (mmpretrain classifier, mmdet detector, mmseg segmentor): keep only its backbone.
+    has_backbone_prefix = any(k.startswith('backbone.') for k in state_dict)
+    converted, ignored = {}, []
+    for key, value in state_dict.items():
+        if has_backbone_prefix:
+            if not key.startswith('backbone.'):
+                ignored.append(key)
+                continue
+            key = key[len('backbone.'):]
+        new_key = key
+        for pattern, replacement in KEY_RENAMES:
+            new_key = re.sub(pattern, replacement, new_key)
+        if CLASSIFIER_KEY.match(new_key):
+            ignored.append(key)
+            continue
+        if new_key.endswith(('.grn.gamma', '.grn.beta')):
+            value = value.reshape(-1)  # official V2 stores (1, 1, 1, C)
+        elif re.search(r'\.pwconv[12]\.weight$', new_key) and value.dim() == 4:
+            value = value.flatten(1)  # 1x1 convolutions (timm conv_mlp, mmpretrain linear_pw_conv=False)
+        converted[new_key] = value
+    return converted, ignored
+
+
+def describe_arch(state_dict):
+    """'depths=[..], dims=[..]' of a converted state dict, to say which model a file belongs to."""
+    depths = [len({m.group(1) for k in state_dict for m in [re.match(rf'stages\.{s}\.blocks\.(\d+)\.', k)] if m})
+              for s in range(4)]
+    dims = [state_dict[f'stages.{s}.blocks.0.dwconv.weight'].shape[0]
+            if f'stages.{s}.blocks.0.dwconv.weight' in state_dict else '?' for s in range(4)]
+    return f'depths={depths}, dims={dims}'
+
+
+def _listing(keys):
+    keys = sorted(keys)
+    more = f' ... and {len(keys) - MAX_KEYS_SHOWN} more' if len(keys) > MAX_KEYS_SHOWN else ''
+    return ', '.join(keys[:MAX_KEYS_SHOWN]) + more
+
+
+def load_pretrained(model, path_or_url, logger=None):
+    """Load a checkpoint of any supported layout into ``model`` (a ConvNeXt), checking every key and shape.
+
+    Only the output norms may be absent (a classification file has none); the classifier is ignored.
+    Anything else missing, unexpected or of another shape raises :class:`CheckpointError`.
+    """
+    name = str(path_or_url)
+    try:
+        converted, ignored = convert_state_dict(read_checkpoint(path_or_url))
+    except CheckpointError as error:
+        if name in str(error):
+            raise
+        raise CheckpointError(f'{name}: {error}') from error
+    expected = model.state_dict()
+    if not any(BACKBONE_KEY.match(k) for k in converted):
+        raise CheckpointError(f'{name} is not a ConvNeXt checkpoint: none of its keys is a ConvNeXt backbone '
+                              f'parameter (it has {_listing(converted)})')
+    # Output norms of stages the model does not output (e.g. mmpretrain's norm3) are not an error.
+    unused_norms = [k for k in converted if OUTPUT_NORM_KEY.match(k) and k not in expected]
+    unexpected = [k for k in converted if k not in expected and k not in unused_norms]
+    missing = [k for k in expected if k not in converted and not OUTPUT_NORM_KEY.match(k)]
+    mismatched = [f'{k} {tuple(v.shape)} in file vs {tuple(expected[k].shape)} in model'
+                  for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
+    if unexpected or missing or mismatched:
+        problems = [f'{label}: {_listing(keys)}' for label, keys in (
+            ('shape mismatch', mismatched), ('missing from the file', missing), ('not in the model', unexpected))
+            if keys]
+        raise CheckpointError(
+            f'{name} does not fit this ConvNeXt (depths={model.depths}, dims={model.dims}): the file holds '
+            f'ConvNeXt {describe_arch(converted)}. Pick the arch (and use_grn) of the file, or the file of the '
+            f'arch. ' + '; '.join(problems))
+    loadable = {k: v for k, v in converted.items() if k in expected}
+    model.load_state_dict(loadable, strict=False)
+    absent = sorted(k.split('.')[0] for k in expected if k not in converted and k.endswith('.weight'))
+    if logger is not None:
+        logger.info(
+            f'ConvNeXt: loaded {len(loadable)} tensors from {name}'
+            + (f'; expectedly absent: {", ".join(absent)} (output norms, kept at their init)' if absent else '')
+            + (f'; ignored {len(ignored) + len(unused_norms)} tensors not part of this backbone: '
+               f'{_listing(ignored + unused_norms)}' if ignored or unused_norms else ''))
+    return loadable

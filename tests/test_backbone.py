@@ -1,0 +1,195 @@
+"""The ConvNeXt backbone: shapes, registries, numerics against a plain functional ConvNeXt, options, bad input."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convnext_mm import ConvNeXt
+from convnext_mm.backbone import ARCH_SETTINGS
+
+TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
+
+
+def randomize(model, seed=0):
+    """Non-trivial values for every parameter, norms and layer scale included, so numerics are really tested."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + (1.0 if param.dim() == 1 else 0.0))
+    return model
+
+
+def reference_convnext(x, params, depths, out_indices, use_grn=False):
+    """The paper's ConvNeXt written as plain functions over a state dict, independent of the package."""
+
+    def channels_first_norm(x, prefix):
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + 1e-6)
+        return params[prefix + '.weight'][:, None, None] * x + params[prefix + '.bias'][:, None, None]
+
+    outs = []
+    for stage in range(4):
+        if stage == 0:
+            x = F.conv2d(x, params['stem.0.weight'], params['stem.0.bias'], stride=4)
+            x = channels_first_norm(x, 'stem.1')
+        else:
+            x = channels_first_norm(x, f'stages.{stage}.downsample.0')
+            x = F.conv2d(x, params[f'stages.{stage}.downsample.1.weight'],
+                         params[f'stages.{stage}.downsample.1.bias'], stride=2)
+        for block in range(depths[stage]):
+            p = f'stages.{stage}.blocks.{block}.'
+            shortcut = x
+            y = F.conv2d(x, params[p + 'dwconv.weight'], params[p + 'dwconv.bias'], padding=3, groups=x.shape[1])
+            y = y.permute(0, 2, 3, 1)
+            y = F.layer_norm(y, y.shape[-1:], params[p + 'norm.weight'], params[p + 'norm.bias'], eps=1e-6)
+            y = F.gelu(F.linear(y, params[p + 'pwconv1.weight'], params[p + 'pwconv1.bias']))
+            if use_grn:
+                gx = y.pow(2).sum(dim=(1, 2), keepdim=True).sqrt()
+                nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+                y = params[p + 'grn.gamma'] * (y * nx) + params[p + 'grn.beta'] + y
+            y = F.linear(y, params[p + 'pwconv2.weight'], params[p + 'pwconv2.bias'])
+            if p + 'gamma' in params:
+                y = params[p + 'gamma'] * y
+            x = shortcut + y.permute(0, 3, 1, 2)
+        if stage in out_indices:
+            outs.append(channels_first_norm(x, f'norm{stage}'))
+    return outs
+
+
+@pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
+def test_every_preset_gives_strides_4_to_32_at_an_odd_size(arch):
+    model = ConvNeXt(arch=arch).eval()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 225, 301))
+    dims = ARCH_SETTINGS[arch]['dims']
+    # Each conv floors: 225x301 -> 56x75 -> 28x37 -> 14x18 -> 7x9.
+    assert [tuple(o.shape) for o in outs] == [(1, dims[0], 56, 75), (1, dims[1], 28, 37), (1, dims[2], 14, 18),
+                                             (1, dims[3], 7, 9)]
+
+
+@pytest.mark.parametrize('use_grn', [False, True], ids=['v1', 'v2'])
+def test_matches_the_plain_functional_convnext(use_grn):
+    model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), use_grn=use_grn)).eval()
+    x = torch.randn(2, 3, 70, 97)
+    with torch.no_grad():
+        outs = model(x)
+        expected = reference_convnext(x, model.state_dict(), TINY_ARCH['depths'], (0, 1, 2, 3), use_grn)
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_v2_blocks_have_grn_and_no_layer_scale():
+    keys = ConvNeXt(arch='atto', use_grn=True).state_dict().keys()
+    assert 'stages.0.blocks.0.grn.gamma' in keys and 'stages.0.blocks.0.grn.beta' in keys
+    assert not any(k.endswith('.gamma') and '.grn.' not in k for k in keys)
+    v1_keys = ConvNeXt(arch='atto').state_dict().keys()
+    assert 'stages.0.blocks.0.gamma' in v1_keys and not any('.grn.' in k for k in v1_keys)
+
+
+def test_out_indices_subset_and_negative():
+    model = ConvNeXt(arch=TINY_ARCH, out_indices=(-1, 1)).eval()
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [16, 64]
+    assert hasattr(model, 'norm1') and hasattr(model, 'norm3') and not hasattr(model, 'norm0')
+
+
+@pytest.mark.parametrize('library', ['mmdet', 'mmseg'])
+def test_builds_from_config_in_both_registries(library):
+    import importlib
+    registry = importlib.import_module(f'{library}.registry').MODELS
+    model = registry.build(dict(type='ConvNeXt', arch='atto', out_indices=(1, 3), drop_path_rate=0.1))
+    assert isinstance(model, ConvNeXt)
+    assert registry.get('ConvNeXt') is ConvNeXt
+    assert len(model(torch.randn(1, 3, 64, 64))) == 2
+
+
+def test_default_init_is_truncated_normal_with_zero_bias():
+    model = ConvNeXt(arch='atto')
+    model.init_weights()
+    weight = model.stages[2].blocks[0].pwconv1.weight
+    assert abs(weight.std().item() - 0.02) < 0.002 and weight.abs().max() <= 0.04 + 1e-6
+    assert torch.all(model.stages[2].blocks[0].pwconv1.bias == 0)
+    torch.testing.assert_close(model.stages[0].blocks[0].gamma, torch.full((40, ), 1e-6))
+
+
+def test_layer_scale_init_value():
+    model = ConvNeXt(arch=TINY_ARCH, layer_scale_init_value=1.0)
+    assert torch.all(model.stages[3].blocks[0].gamma == 1.0)
+    assert ConvNeXt(arch=TINY_ARCH, layer_scale_init_value=0).stages[3].blocks[0].gamma is None
+
+
+@pytest.mark.parametrize('frozen_stages', [1, 2, 4])
+def test_frozen_stages_get_no_gradient_and_stay_in_eval(frozen_stages):
+    model = ConvNeXt(arch=TINY_ARCH, frozen_stages=frozen_stages, drop_path_rate=0.3)
+    model.train()
+    frozen = [model.stem] + [model.stages[i] for i in range(frozen_stages)] + \
+        [getattr(model, f'norm{i}') for i in range(frozen_stages)]
+    trainable = [model.stages[i] for i in range(frozen_stages, 4)] + \
+        [getattr(model, f'norm{i}') for i in range(frozen_stages, 4)]
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    for module in frozen:
+        assert not module.training
+        assert all(not p.requires_grad and p.grad is None for p in module.parameters())
+    for module in trainable:
+        assert module.training
+        assert all(p.requires_grad and p.grad is not None for p in module.parameters())
+
+
+def test_with_cp_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = randomize(ConvNeXt(arch=TINY_ARCH))
+    checkpointed = ConvNeXt(arch=TINY_ARCH, with_cp=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    grads = []
+    for model in (plain, checkpointed):
+        model.train()
+        inp = x.clone().requires_grad_()
+        outs = model(inp)
+        sum((o * o).mean() for o in outs).backward()
+        grads.append([inp.grad] + [p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_drop_path_is_identity_in_eval_and_random_in_train():
+    with_drop = randomize(ConvNeXt(arch=TINY_ARCH, drop_path_rate=0.5))
+    without = ConvNeXt(arch=TINY_ARCH, drop_path_rate=0.0)
+    without.load_state_dict(with_drop.state_dict())
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(with_drop.eval()(x), without.eval()(x)):
+            torch.testing.assert_close(a, b)
+        torch.manual_seed(1)
+        trained = with_drop.train()(x)[3]
+    assert not torch.allclose(trained, without(x)[3])
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(arch='tinyy'), "unknown arch 'tinyy'"),
+    (dict(arch=dict(depths=[3, 3, 9], dims=[96, 192, 384])), 'need 4 positive integers'),
+    (dict(arch=dict(depths=[3, 3, 9, 3])), 'exactly the keys depths and dims'),
+    (dict(out_indices=(0, 4)), 'out_indices entry 4 is out of range'),
+    (dict(out_indices=(1, -3)), 'distinct stages'),
+    (dict(frozen_stages=5), 'frozen_stages=5 is out of range'),
+    (dict(drop_path_rate=1.5), 'drop_path_rate=1.5'),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('[', r'\[')):
+        ConvNeXt(**{'arch': TINY_ARCH, **kwargs})
+
+
+@pytest.mark.parametrize('x, message', [
+    (torch.randn(3, 64, 64), r'NCHW image tensor .* got \(3, 64, 64\)'),
+    (torch.randn(1, 1, 64, 64), 'in_channels=3 but the input has 1 channels'),
+    (torch.randn(1, 3, 31, 64), 'at least 32x32 pixels .* got 31x64'),
+])
+def test_bad_input_tensors_are_named(x, message):
+    model = ConvNeXt(arch=TINY_ARCH)
+    with pytest.raises(ValueError, match=message):
+        model(x)
+
+
+def test_smallest_input_of_32_pixels_works():
+    outs = ConvNeXt(arch=TINY_ARCH).eval()(torch.randn(1, 3, 32, 45))
+    assert tuple(outs[-1].shape[2:]) == (1, 1)
