@@ -5,7 +5,8 @@
 # ops (~35 min on 2 cores) and the wheel is kept in a cache, so every later set-up takes seconds:
 #   CONVNEXT_MM_CACHE  cache folder (default: ~/.cache/convnext-mm)
 # Nothing is trusted half-done: the wheel enters the cache by an atomic rename once it is built, and
-# .venv/.complete is written last; a run that finds no .complete simply does every step again.
+# .venv/.complete is written last (the Makefile re-runs this script when requirements.txt changes; every
+# step is idempotent and quick once the wheel is cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,7 @@ pin() { grep -E "^$1==" requirements.txt | head -n1; }
 # mmcv's setup.py imports pkg_resources (gone from setuptools 81) and needs >= 77 for today's metadata.
 BUILD_TOOLS=("setuptools>=77,<81" wheel ninja)
 
-if [ -f "$VENV/.complete" ]; then exit 0; fi
+rm -f "$VENV/.complete"
 [ -x "$PY" ] || python3 -m venv "$VENV"
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
