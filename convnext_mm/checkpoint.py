@@ -21,8 +21,8 @@ import torch
 # scalars (mmengine and mmpretrain store them in their metadata) and argparse.Namespace (training args).
 SAFE_GLOBALS = [
     np.core.multiarray._reconstruct, np.core.multiarray.scalar, np.ndarray, np.dtype, argparse.Namespace,
-    *{type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.float16,
-                                  np.float32, np.float64)},
+    *{type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
+                                  np.uint32, np.uint64, np.float16, np.float32, np.float64)},
 ]
 
 # (pattern, replacement) applied in order to each key, mapping every public layout onto convnext_mm's names.
@@ -72,7 +72,7 @@ def read_checkpoint(path_or_url):
         raise CheckpointError(
             f'{path} holds objects that safe loading (torch.load weights_only=True) refuses, so it is not a '
             f'plain checkpoint; re-save its state dict with torch.save. Details: {error}') from error
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as error:
+    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
         raise CheckpointError(
             f'{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt: download or '
             f'save it again. Details: {error}') from error

@@ -132,6 +132,13 @@ def test_truncated_file_is_named_corrupt(tmp_path):
         build_pretrained(bad)
 
 
+def test_text_file_is_named_corrupt(tmp_path):
+    path = tmp_path / 'page.pth'
+    path.write_text('<html>404 Not Found</html>')
+    with pytest.raises(CheckpointError, match=r'page\.pth could not be read as a PyTorch checkpoint'):
+        build_pretrained(path)
+
+
 def test_non_convnext_checkpoint_is_refused(tmp_path):
     path = tmp_path / 'resnet.pth'
     torch.save({'state_dict': {'conv1.weight': torch.randn(64, 3, 7, 7), 'fc.weight': torch.randn(10, 64)}}, path)

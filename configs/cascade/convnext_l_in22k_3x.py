@@ -1,0 +1,16 @@
+"""Cascade Mask R-CNN, ConvNeXt-L pre-trained on ImageNet-22K, 3x schedule on COCO.
+
+Paper: 54.8 box AP, 47.6 mask AP.
+"""
+_base_ = '../_base_/cascade_mask_rcnn_convnext_3x_coco.py'
+
+model = dict(
+    backbone=dict(
+        arch='large',
+        drop_path_rate=0.7,
+        init_cfg=dict(checkpoint='data/pretrained/convnext_large_22k_224.pth')),
+    neck=dict(in_channels=[192, 384, 768, 1536]))
+optim_wrapper = dict(
+    type='OptimWrapper',  # trained in fp32 in the official release
+    optimizer=dict(lr=1e-4),
+    paramwise_cfg=dict(decay_rate=0.7, num_layers=12))

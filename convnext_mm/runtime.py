@@ -1,0 +1,172 @@
+"""Running the paper's configs with the tools on the machine at hand, with GPUs or with none.
+
+The configs state the paper's set-up: fp16 AMP, SyncBN heads, NCCL. Without CUDA the tools adapt a loaded
+config (``fit_config_to_machine``) instead of asking users to edit it:
+
+- ``AmpOptimWrapper`` -> ``OptimWrapper`` (fp32): mmengine's AmpOptimWrapper refuses to build without a GPU.
+- Distributed runs start torch's CPU backend, gloo (``init_distributed_on_cpu``): mmengine's ``init_dist``
+  calls ``torch.cuda.set_device``, which a CPU build of torch lacks.
+- Distributed runs turn SyncBN into BN: torch's SyncBatchNorm synchronizes GPU tensors only, so on the CPU each
+  process normalizes over its own images. A single process needs nothing: mmengine's Runner reverts SyncBN to BN
+  when it is not distributed, and torch's SyncBatchNorm without a process group acts as BN.
+- DDP wraps the model without ``device_ids``, which DDP rejects for a module on the CPU.
+"""
+import importlib
+import importlib.util
+import os.path as osp
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import MODELS, init_default_scope
+
+from .registry import HOST_LIBRARIES
+
+# (height, width) of the paper's detection FLOPs.
+DETECTION_FLOPS_SIZE = (800, 1280)
+AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
+SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+
+
+def apply_cfg_options(cfg, options):
+    """Merge ``--cfg-options`` into ``cfg``; ``data_root=PATH`` also moves every path built from the data root.
+
+    A config's dataloaders and evaluators copy ``data_root`` when the file is read, so overriding the
+    top-level variable alone would change nothing; here it re-roots all of them.
+    """
+    options = dict(options or {})
+    if 'data_root' in options:
+        reroot_data(cfg, options.pop('data_root'))
+    if options:
+        cfg.merge_from_dict(options)
+
+
+def reroot_data(cfg, new_root):
+    """Replace the config's ``data_root`` by ``new_root`` in ``data_root`` and in every path that starts with it."""
+    old_root = cfg.get('data_root')
+    if not isinstance(old_root, str) or not old_root:
+        raise ValueError(f'data_root={new_root!r} given, but this config has no top-level data_root to replace; '
+                         'set the dataset paths themselves, e.g. train_dataloader.dataset.data_root=PATH')
+    new_root = str(new_root)
+    if old_root.endswith('/') and not new_root.endswith('/'):
+        new_root += '/'  # configs build paths as data_root + 'annotations/...'
+    old_dir = old_root.rstrip('/')
+
+    def reroot(value):
+        if isinstance(value, str):
+            if value.rstrip('/') == old_dir:
+                return new_root
+            if value.startswith(old_dir + '/'):
+                return osp.join(new_root, value[len(old_dir) + 1:])
+            return value
+        if isinstance(value, dict):
+            for key in list(value.keys()):
+                value[key] = reroot(value[key])
+            return value
+        if isinstance(value, list):
+            value[:] = [reroot(item) for item in value]
+            return value
+        if isinstance(value, tuple):
+            return type(value)(reroot(item) for item in value)
+        return value
+
+    for key in list(cfg.keys()):
+        cfg[key] = reroot(cfg[key])
+
+
+def task_scope(cfg):
+    """'mmdet' or 'mmseg' for ``cfg``: its ``default_scope``, else the host library whose registry has its model."""
+    scope = cfg.get('default_scope')
+    if scope:
+        return scope
+    model_type = cfg.get('model', {}).get('type')
+    for library in HOST_LIBRARIES:
+        if importlib.util.find_spec(library) is None:
+            continue
+        registries = importlib.import_module(f'{library}.registry')
+        if isinstance(model_type, str) and registries.MODELS.get(model_type) is not None:
+            return library
+    raise ValueError(f'cannot tell which library runs model type {model_type!r}: set default_scope in the config '
+                     f"('mmdet' or 'mmseg')")
+
+
+def load_config(path, cfg_options=None):
+    """A config file with ``--cfg-options`` applied and its ``default_scope`` set ('mmdet' or 'mmseg')."""
+    cfg = Config.fromfile(path)
+    apply_cfg_options(cfg, cfg_options)
+    cfg.default_scope = task_scope(cfg)
+    return cfg
+
+
+def build_model(cfg):
+    """The config's model outside a Runner: eval mode, random weights (no pre-trained file read), SyncBN as BN."""
+    init_default_scope(cfg.default_scope)
+    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+
+
+def paper_input_size(cfg):
+    """(height, width) at which the paper gives a model's FLOPs: 1280x800 for detection; for segmentation the
+    config's test resize, 2048x512 with 512 crops and 2560x640 with 640 crops."""
+    if cfg.default_scope == 'mmdet':
+        return DETECTION_FLOPS_SIZE
+    for transform in cfg.test_dataloader.dataset.pipeline:
+        if transform.get('type') == 'Resize' and transform.get('scale'):
+            width, height = transform['scale']
+            return (height, width)
+    raise ValueError('the test pipeline of this config has no Resize with a scale; give the input size')
+
+
+def cuda_available():
+    return torch.cuda.is_available()
+
+
+def init_distributed_on_cpu(launcher):
+    """Without CUDA, start the process group with gloo (torchrun's environment) before mmengine's Runner would."""
+    if launcher == 'none' or cuda_available() or dist.is_initialized():
+        return
+    if launcher != 'pytorch':
+        raise SystemExit(f'error: --launcher {launcher} needs CUDA GPUs; on a machine without them, run several '
+                         'processes with torchrun: tools/dist_train.sh CONFIG NUM_PROCESSES (--launcher pytorch)')
+    dist.init_process_group(backend='gloo')
+
+
+def fit_config_to_machine(cfg, distributed):
+    """Adapt ``cfg`` in place to a machine without CUDA (see the module doc); returns what changed, for the log."""
+    if cuda_available():
+        return []
+    changes = []
+    optim_wrapper = cfg.get('optim_wrapper')
+    if optim_wrapper is not None and optim_wrapper.get('type') == 'AmpOptimWrapper':
+        optim_wrapper['type'] = 'OptimWrapper'
+        for key in AMP_ONLY_KEYS:
+            optim_wrapper.pop(key, None)
+        changes.append('no CUDA GPU: training in fp32 (OptimWrapper) instead of the config\'s fp16 AMP '
+                       '(AmpOptimWrapper needs a GPU)')
+    if distributed:
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        if replace_sync_bn(cfg.get('model')):
+            changes.append('no CUDA GPU: SyncBN -> BN (torch synchronizes batch norms of GPU tensors only; '
+                           'each process normalizes over its own images)')
+        wrapper = cfg.get('model_wrapper_cfg') or dict(
+            type='MMDistributedDataParallel',
+            broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+        wrapper['device_ids'] = None  # DDP takes no device ids for a module on the CPU
+        cfg['model_wrapper_cfg'] = wrapper
+    return changes
+
+
+def replace_sync_bn(model_cfg):
+    """Turn every SyncBN norm_cfg in a model config into BN, in place; returns how many were replaced."""
+    count = 0
+    if isinstance(model_cfg, dict):
+        if model_cfg.get('type') in SYNC_BN_TYPES:
+            model_cfg['type'] = 'BN'
+            count += 1
+        for value in model_cfg.values():
+            count += replace_sync_bn(value)
+    elif isinstance(model_cfg, (list, tuple)):
+        for value in model_cfg:
+            count += replace_sync_bn(value)
+    return count

@@ -1,0 +1,306 @@
+"""The tools end to end on the CPU with tiny synthetic data: two-process training through tools/dist_train.sh
+(torchrun, gloo) and the evaluation of its checkpoint, one-process segmentation training and TTA test, get_flops,
+benchmark, convert_checkpoint, the command-line errors, and the CPU adaptations of the configs."""
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import pickle
+import socket
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from convnext_mm import ConvNeXt, runtime
+from convnext_mm.runtime import load_config
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
+UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
+IMAGE_SIZE = 64
+
+# The paper's cascade T config shrunk for a CPU test: an atto backbone without pre-trained weights, 64x64 images
+# kept at their size, few proposals, no validation during training.
+TINY_CASCADE = '''
+_base_ = {base!r}
+model = dict(
+    backbone=dict(arch='atto', drop_path_rate=0.1, init_cfg=None),
+    neck=dict(in_channels=[40, 80, 160, 320]),
+    train_cfg=dict(rpn_proposal=dict(max_per_img=8)),
+    test_cfg=dict(rpn=dict(max_per_img=8), rcnn=dict(score_thr=0.0)))  # untrained: keep every box to evaluate
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=1, val_begin=2)  # no validation: the test evaluates with tools/test.py
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(save_optimizer=False))
+randomness = dict(seed=0)
+'''
+
+# The paper's UperNet T config shrunk alike: atto backbone, narrow heads, 64x64 crops and windows.
+TINY_UPERNET = '''
+_base_ = {base!r}
+crop_size = (64, 64)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(arch='atto', init_cfg=None),
+    decode_head=dict(in_channels=[40, 80, 160, 320], channels=32),
+    auxiliary_head=dict(in_channels=160, channels=16),
+    test_cfg=dict(crop_size=crop_size, stride=(43, 43)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False)
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=2, val_begin=3)
+default_hooks = dict(logger=dict(interval=1))
+randomness = dict(seed=0)
+'''
+
+
+def load_tool(name):
+    """tools/NAME.py as a module, to run its main() in this process (no interpreter start-up per test)."""
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(args, **env):
+    """Run a shell script of tools/ with this interpreter's environment first on PATH."""
+    environment = dict(os.environ, PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''),
+                       **env)
+    return subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def write_tiny_coco(root, num_images=4):
+    """COCO-format instances (mmdet's layout) of a few 64x64 images, each with one bright rectangle."""
+    from mmdet.datasets import CocoDataset
+    rng = np.random.default_rng(0)
+    categories = [dict(id=i + 1, name=name) for i, name in enumerate(CocoDataset.METAINFO['classes'])]
+    for split in ('train2017', 'val2017'):
+        os.makedirs(osp.join(root, split), exist_ok=True)
+        images, annotations = [], []
+        for i in range(num_images):
+            image = rng.integers(0, 80, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+            x, y = (int(v) for v in rng.integers(4, 24, 2))
+            w, h = (int(v) for v in rng.integers(16, 36, 2))
+            image[y:y + h, x:x + w] = 230
+            cv2.imwrite(osp.join(root, split, f'{i}.jpg'), image)
+            images.append(dict(id=i + 1, file_name=f'{i}.jpg', height=IMAGE_SIZE, width=IMAGE_SIZE))
+            annotations.append(
+                dict(id=i + 1, image_id=i + 1, category_id=1 + i % 3, bbox=[x, y, w, h], area=w * h, iscrowd=0,
+                     segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
+        os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
+        with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
+            # pycocotools 2.0.10 copies 'info' into its result sets: a file without it fails evaluation.
+            json.dump(dict(info={}, licenses=[], images=images, annotations=annotations, categories=categories), f)
+    return root
+
+
+def write_tiny_ade(root, num_images=2):
+    """ADE20K-format (mmseg's layout) 64x64 images with label maps of a few of the 150 classes."""
+    rng = np.random.default_rng(0)
+    for split in ('training', 'validation'):
+        os.makedirs(osp.join(root, 'images', split), exist_ok=True)
+        os.makedirs(osp.join(root, 'annotations', split), exist_ok=True)
+        for i in range(num_images):
+            labels = np.ones((IMAGE_SIZE, IMAGE_SIZE), np.uint8)  # 1..150 are classes, 0 is ignored
+            labels[16:48, 8:40] = 2 + i
+            image = (labels[..., None] * 60 + rng.integers(0, 30, (IMAGE_SIZE, IMAGE_SIZE, 3))).astype(np.uint8)
+            cv2.imwrite(osp.join(root, 'images', split, f'ADE_{i}.jpg'), image)
+            cv2.imwrite(osp.join(root, 'annotations', split, f'ADE_{i}.png'), labels)
+    return root
+
+
+@pytest.fixture(scope='module')
+def tiny_coco(tmp_path_factory):
+    return write_tiny_coco(str(tmp_path_factory.mktemp('coco')))
+
+
+def scalars(work_dir):
+    """The training log records (mmengine's vis_data/scalars.json) under a work dir."""
+    records = []
+    for directory, _, files in os.walk(work_dir):
+        if 'scalars.json' in files:
+            with open(osp.join(directory, 'scalars.json')) as f:
+                records += [json.loads(line) for line in f if line.strip()]
+    return records
+
+
+def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
+    config = tmp_path / 'tiny_cascade.py'
+    config.write_text(TINY_CASCADE.format(base=CASCADE_T))
+    work_dir = tmp_path / 'work'
+    train = run_script(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), str(config), '2', '--work-dir',
+                        str(work_dir), '--cfg-options', f'data_root={tiny_coco}'], PORT=str(free_port()))
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    log = train.stdout + train.stderr
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log  # one run of two processes
+    assert 'training in fp32' in log and 'SyncBN -> BN' in log
+    losses = [record['loss'] for record in scalars(work_dir) if 'loss' in record]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)  # 4 images / 2 processes x batch 1
+    checkpoint = work_dir / 'epoch_1.pth'
+    assert checkpoint.is_file()
+
+    # The trained detector, evaluated with COCO's metrics, its predictions dumped and drawn.
+    predictions = tmp_path / 'predictions.pkl'
+    metrics = load_tool('test').main([str(config), str(checkpoint), '--work-dir', str(work_dir), '--out',
+                                      str(predictions), '--show-dir', 'painted', '--cfg-options',
+                                      f'data_root={tiny_coco}'])
+    assert 0 <= metrics['coco/bbox_mAP'] <= 1 and 0 <= metrics['coco/segm_mAP'] <= 1
+    with open(predictions, 'rb') as f:
+        assert len(pickle.load(f)) == 4
+    assert len(list(work_dir.glob('*/painted/*.jpg'))) == 4  # mmdet's place: WORK_DIR/TIMESTAMP/SHOW_DIR
+
+
+def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path):
+    ade = write_tiny_ade(str(tmp_path / 'ade'))
+    config = tmp_path / 'tiny_upernet.py'
+    config.write_text(TINY_UPERNET.format(base=UPERNET_T))
+    work_dir = tmp_path / 'work'
+    load_tool('train').main([str(config), '--work-dir', str(work_dir), '--cfg-options', f'data_root={ade}'])
+    losses = [record['loss'] for record in scalars(work_dir) if 'loss' in record]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+
+    metrics = load_tool('test').main([str(config), str(work_dir / 'iter_2.pth'), '--tta', '--work-dir',
+                                      str(work_dir), '--cfg-options', f'data_root={ade}'])
+    assert 0 <= metrics['mIoU'] <= 100
+
+
+def test_missing_imagenet_checkpoint_stops_training_with_the_fix(tiny_coco, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where data/pretrained/ does not exist, whatever the repository holds
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('train').main([CASCADE_T, '--work-dir', str(tmp_path), '--cfg-options', f'data_root={tiny_coco}',
+                                 'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False'])
+    message = str(exit_info.value.code)
+    assert message.startswith('error: ') and 'data/pretrained/convnext_tiny_1k_224.pth' in message
+    assert 'not found' in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the machine without a GPU')
+def test_amp_flag_without_a_gpu_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('train').parse_args([CASCADE_T, '--amp'])
+    assert exit_info.value.code == 2 and '--amp needs a CUDA GPU' in capsys.readouterr().err
+
+
+def test_test_tool_refuses_a_missing_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('test').parse_args([CASCADE_T, str(tmp_path / 'nothing.pth')])
+    assert exit_info.value.code == 2 and 'nothing.pth' in capsys.readouterr().err
+
+
+def test_get_flops_reports_parameters_and_flops_beside_the_paper(capsys):
+    mask_rcnn = osp.join(ROOT, 'configs', 'mask_rcnn', 'convnext_t_3x.py')
+    load_tool('get_flops').main([mask_rcnn, UPERNET_T, '--shape', '128', '128'])
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(ROOT)}
+    # columns: config, input, params (M), paper params, GFLOPs, paper GFLOPs ('-': not the paper's input size)
+    assert rows[mask_rcnn][1] == '128x128' and abs(float(rows[mask_rcnn][2]) - 48) < 0.5
+    assert rows[mask_rcnn][3] == '48' and rows[mask_rcnn][5] == '-'
+    assert abs(float(rows[UPERNET_T][2]) - 60) < 0.6 and rows[UPERNET_T][3] == '60'
+    # A 128x128 UperNet-T: the backbone alone is 4.5 GFLOPs at 224x224, the decode head dominates at stride 4.
+    assert 1 < float(rows[UPERNET_T][4]) < float(rows[mask_rcnn][4])
+
+
+@pytest.mark.parametrize('config', [CASCADE_T, UPERNET_T])
+def test_benchmark_reports_images_per_second(config, capsys):
+    args = [config, '--shape', '96', '128', '--warmup', '1', '--iters', '2', '--device', 'cpu']
+    if config == CASCADE_T:  # few proposals: the untrained detector's 1000 would dominate the time of this test
+        args += ['--cfg-options', 'model.test_cfg.rpn.max_per_img=8']
+    load_tool('benchmark').main(args)
+    output = capsys.readouterr().out
+    speed = float(output.split(': ')[1].split(' images/s')[0])
+    assert speed > 0 and '128x96 input' in output
+
+
+def official_layout(state_dict):
+    """A ConvNeXt state dict under the official release's names, with its classifier, as in the ImageNet files."""
+    official = {}
+    for key, value in state_dict.items():
+        if key.startswith('norm'):
+            continue  # the official classifier has no per-stage output norms
+        key = key.replace('stem.', 'downsample_layers.0.')
+        for stage in range(1, 4):
+            key = key.replace(f'stages.{stage}.downsample.', f'downsample_layers.{stage}.')
+        for stage in range(4):
+            key = key.replace(f'stages.{stage}.blocks.', f'stages.{stage}.')
+        official[key] = value
+    official['norm.weight'] = torch.ones(320)
+    official['head.weight'] = torch.zeros(1000, 320)
+    return {'model': official}
+
+
+def test_convert_checkpoint_writes_a_clean_backbone_file(tmp_path, capsys):
+    backbone = ConvNeXt(arch='atto', layer_scale_init_value=1.0)
+    source = tmp_path / 'convnext_atto_official.pth'
+    torch.save(official_layout(backbone.state_dict()), source)
+    destination = tmp_path / 'backbone.pth'
+    convert_checkpoint = load_tool('convert_checkpoint')
+    convert_checkpoint.main([str(source), str(destination)])
+    assert 'depths=[2, 2, 6, 2] dims=[40, 80, 160, 320]' in capsys.readouterr().out
+    converted = torch.load(destination, weights_only=True)
+    expected = {k: v for k, v in backbone.state_dict().items() if not k.startswith('norm')}
+    assert converted.keys() == expected.keys()
+    assert all(torch.equal(converted[k], expected[k]) for k in expected)
+
+    not_convnext = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7)}}, not_convnext)
+    with pytest.raises(SystemExit) as exit_info:
+        convert_checkpoint.main([str(not_convnext), str(tmp_path / 'out.pth')])
+    assert 'resnet.pth' in str(exit_info.value.code) and 'no ConvNeXt backbone' in str(exit_info.value.code)
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_cpu_adaptation_of_a_config(monkeypatch):
+    monkeypatch.setattr(runtime, 'cuda_available', lambda: False)
+    cfg = load_config(CASCADE_T)
+    assert runtime.fit_config_to_machine(cfg, distributed=True)
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert 'SyncBN' not in str(cfg.model) and [h.norm_cfg.type for h in cfg.model.roi_head.bbox_head] == ['BN'] * 3
+    assert cfg.model_wrapper_cfg.device_ids is None
+
+    monkeypatch.setattr(runtime, 'cuda_available', lambda: True)
+    cfg = load_config(CASCADE_T)
+    assert runtime.fit_config_to_machine(cfg, distributed=True) == []
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.env_cfg.dist_cfg.backend == 'nccl'
+
+
+def test_data_root_option_moves_every_dataset_path():
+    cfg = load_config(CASCADE_T, {'data_root': '/datasets/coco', 'train_dataloader.batch_size': 4})
+    assert cfg.train_dataloader.batch_size == 4
+    assert cfg.train_dataloader.dataset.data_root == '/datasets/coco/'
+    assert cfg.test_dataloader.dataset.data_root == '/datasets/coco/'
+    assert cfg.val_evaluator.ann_file == '/datasets/coco/annotations/instances_val2017.json'
+    assert 'data/coco' not in str({k: cfg[k] for k in ('train_dataloader', 'val_dataloader', 'test_evaluator')})
+
+    cfg = load_config(UPERNET_T, {'data_root': '/datasets/ade'})
+    assert cfg.train_dataloader.dataset.data_root == cfg.val_dataloader.dataset.data_root == '/datasets/ade'

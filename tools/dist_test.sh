@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Test on several GPUs (or CPU processes) with torchrun:
+#   tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCESSES_PER_NODE [tools/test.py options]
+# Several nodes: NNODES, NODE_RANK, MASTER_ADDR and PORT as for tools/dist_train.sh.
+CONFIG=$1
+CHECKPOINT=$2
+GPUS=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+
+PYTHONPATH="$(dirname "$0")/..":$PYTHONPATH \
+python -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --nproc_per_node="$GPUS" \
+    --master_port="$PORT" \
+    "$(dirname "$0")/test.py" \
+    "$CONFIG" \
+    "$CHECKPOINT" \
+    --launcher pytorch "${@:4}"

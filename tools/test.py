@@ -1,0 +1,106 @@
+"""Test (and evaluate) a ConvNeXt detector or segmentor: mmdet's and mmseg's tools/test.py, also without a GPU.
+
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta]
+        [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Several GPUs: tools/dist_test.sh. ``--tta`` runs the config's test-time augmentation (the segmentation configs'
+multi-scale 0.5-1.75 plus flip test). ``--out``: detection, a .pkl file of the raw predictions (as mmdet);
+segmentation, a directory of predicted label maps (as mmseg).
+"""
+import argparse
+import os
+import os.path as osp
+import re
+
+from mmengine.config import DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from convnext_mm.runtime import fit_config_to_machine, init_distributed_on_cpu, load_config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Test (and evaluate) a ConvNeXt detector or segmentor')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='the dir to save the file containing evaluation metrics')
+    parser.add_argument(
+        '--out',
+        help='detection: dump predictions to this .pkl file; segmentation: save predicted label maps in this dir')
+    parser.add_argument(
+        '--show-dir', help='save painted predictions in this dir (under work_dir/TIMESTAMP/ for detection)')
+    parser.add_argument('--tta', action='store_true', help="test with the config's test-time augmentation")
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, as key=value pairs (e.g. data_root=PATH); a list value is '
+        'key="[a,b]" or key=a,b, quotation marks needed, no white space')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if not re.match(r'^(https?|s3)://', args.checkpoint) and not osp.isfile(args.checkpoint):
+        parser.error(f'checkpoint {args.checkpoint!r} is not a file')
+    return args
+
+
+def build_config(args):
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+
+    if args.show_dir:
+        draw_predictions(cfg, args.show_dir)
+    if args.tta:
+        use_test_time_augmentation(cfg, args.config)
+    if args.out is not None and cfg.default_scope == 'mmseg':
+        cfg.test_evaluator['output_dir'] = args.out
+        cfg.test_evaluator['keep_results'] = True
+    return cfg
+
+
+def draw_predictions(cfg, show_dir):
+    """Turn on the visualization hook; mmdet's hook and mmseg's visualizer each take the directory their way."""
+    hook = cfg.default_hooks.get('visualization')
+    if hook is None:
+        raise SystemExit("error: --show-dir needs default_hooks.visualization in the config, "
+                         "e.g. dict(type='DetVisualizationHook')")
+    hook['draw'] = True
+    if cfg.default_scope == 'mmdet':
+        hook['test_out_dir'] = show_dir
+    else:
+        cfg.visualizer['save_dir'] = show_dir
+
+
+def use_test_time_augmentation(cfg, config_path):
+    if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+        raise SystemExit(f'error: --tta: {config_path} defines no tta_model and tta_pipeline (the paper tests '
+                         'segmentation with test-time augmentation, detection without); add both to the config')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    if args.out is not None and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
+        raise SystemExit(f'error: --out {args.out}: detection predictions are dumped to a .pkl file')
+    init_distributed_on_cpu(args.launcher)
+    fit_config_to_machine(cfg, distributed=args.launcher != 'none')
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if args.out is not None and cfg.default_scope == 'mmdet':
+        from mmdet.evaluation import DumpDetResults
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    return runner.test()
+
+
+if __name__ == '__main__':
+    main()

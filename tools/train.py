@@ -1,0 +1,107 @@
+"""Train a ConvNeXt detector or segmentor: mmdet's and mmseg's tools/train.py, also on a machine without a GPU.
+
+    python tools/train.py configs/cascade/convnext_t_3x.py [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
+        [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+
+Several GPUs or nodes: tools/dist_train.sh (torchrun), tools/slurm_train.sh. Without CUDA, the config's fp16 AMP
+runs in fp32 and distributed runs use gloo (convnext_mm/runtime.py lists every adaptation).
+``--cfg-options data_root=PATH`` moves all dataset paths of the config to PATH.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from convnext_mm.checkpoint import CheckpointError
+from convnext_mm.runtime import cuda_available, fit_config_to_machine, init_distributed_on_cpu, load_config
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Train a ConvNeXt detector (mmdet) or segmentor (mmseg)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models (default: work_dirs/CONFIG_NAME)')
+    parser.add_argument(
+        '--amp', action='store_true', help='enable automatic-mixed-precision training (needs a CUDA GPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true', help='enable automatically scaling LR')
+    parser.add_argument(
+        '--resume',
+        nargs='?',
+        type=str,
+        const='auto',
+        help='resume from this checkpoint, or without a path from the latest checkpoint in the work dir')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override settings of the config, as key=value pairs (e.g. train_dataloader.batch_size=4, '
+        'data_root=PATH, model.backbone.init_cfg.checkpoint=PATH); a list value is key="[a,b]" or key=a,b, '
+        'quotation marks needed, no white space')
+    parser.add_argument(
+        '--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    if args.amp and not cuda_available():
+        parser.error('--amp needs a CUDA GPU and this machine has none; drop --amp (training then runs in fp32)')
+    return args
+
+
+def build_config(args):
+    """The config file with the command line applied, as mmdet's train.py does it."""
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+
+    # work_dir: command line > config > config file name
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+
+    if args.auto_scale_lr:
+        if 'enable' not in cfg.get('auto_scale_lr', {}) or 'base_batch_size' not in cfg.auto_scale_lr:
+            raise SystemExit(f'error: --auto-scale-lr needs auto_scale_lr=dict(enable=..., base_batch_size=...) in '
+                             f'{args.config}')
+        cfg.auto_scale_lr.enable = True
+
+    # A given checkpoint comes before the automatic search of the work dir.
+    if args.resume == 'auto':
+        cfg.resume = True
+        cfg.load_from = None
+    elif args.resume is not None:
+        cfg.resume = True
+        cfg.load_from = args.resume
+    return cfg
+
+
+def build_runner(cfg):
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = build_config(args)
+    init_distributed_on_cpu(args.launcher)
+    changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
+    runner = build_runner(cfg)
+    for change in changes:
+        runner.logger.warning(change)
+    try:
+        runner.train()
+    except CheckpointError as error:  # e.g. the ImageNet checkpoint is not there: the message says what to do
+        sys.exit(f'error: {error}')
+
+
+if __name__ == '__main__':
+    main()
