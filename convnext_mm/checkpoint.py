@@ -69,13 +69,18 @@ def read_checkpoint(path_or_url):
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
+        if 'Unsupported global' not in str(error):  # not a refused object: the bytes are no pickle at all
+            raise _corrupt(path, error) from error
         raise CheckpointError(
             f'{path} holds objects that safe loading (torch.load weights_only=True) refuses, so it is not a '
             f'plain checkpoint; re-save its state dict with torch.save. Details: {error}') from error
     except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise CheckpointError(
-            f'{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt: download or '
-            f'save it again. Details: {error}') from error
+        raise _corrupt(path, error) from error
+
+
+def _corrupt(path, error):
+    return CheckpointError(f'{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt: '
+                           f'download or save it again. Details: {error}')
 
 
 def _unwrap(checkpoint):
