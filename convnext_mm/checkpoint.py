@@ -24,6 +24,9 @@ SAFE_GLOBALS = [
     *{type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                   np.uint32, np.uint64, np.float16, np.float32, np.float64)},
 ]
+# Registered once, for the whole process: torch's scoped `safe_globals` context removes its types again on
+# exit, which would also take them from every other loader (mmengine's resume) that relies on them.
+torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 # (pattern, replacement) applied in order to each key, mapping every public layout onto convnext_mm's names.
 KEY_RENAMES = [
@@ -51,9 +54,8 @@ def read_checkpoint(path_or_url):
     """Load a checkpoint file or URL with torch's safe unpickler (tensors, containers, numpy metadata)."""
     if re.match(r'^(https?|ftp)://', str(path_or_url)):
         try:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
-                return torch.hub.load_state_dict_from_url(
-                    path_or_url, map_location='cpu', weights_only=True, check_hash=False)
+            return torch.hub.load_state_dict_from_url(
+                path_or_url, map_location='cpu', weights_only=True, check_hash=False)
         except (urllib.error.URLError, OSError) as error:
             raise CheckpointError(
                 f'Could not download the ConvNeXt checkpoint {path_or_url} ({error}). Offline, download the '
@@ -66,8 +68,7 @@ def read_checkpoint(path_or_url):
             'listed in the README) into that place, or point init_cfg.checkpoint at its local path, e.g. with '
             '--cfg-options model.backbone.init_cfg.checkpoint=PATH.')
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
         if 'Unsupported global' not in str(error):  # not a refused object: the bytes are no pickle at all
             raise _corrupt(path, error) from error

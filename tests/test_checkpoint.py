@@ -187,3 +187,12 @@ def test_pretrained_without_checkpoint_key():
     model = ConvNeXt(arch=TINY_ARCH, init_cfg=dict(type='Pretrained'))
     with pytest.raises(ValueError, match='needs checkpoint=PATH_OR_URL'):
         model.init_weights()
+
+
+def test_loading_leaves_numpy_metadata_loadable_for_other_loaders(tmp_path):
+    # mmengine's resume calls torch.load(weights_only default) after the backbone has loaded its weights.
+    pretrained, resumable = tmp_path / 'pretrained.pth', tmp_path / 'iter_10.pth'
+    torch.save(own_backbone_file(make_source()), pretrained)
+    torch.save(own_detector_checkpoint(make_source()), resumable)
+    build_pretrained(pretrained)
+    assert torch.load(resumable)['meta']['iter'] == 10
