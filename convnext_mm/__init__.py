@@ -7,6 +7,8 @@ Configs import it with ``custom_imports=dict(imports=['convnext_mm'], allow_fail
 """
 from .backbone import ConvNeXt
 from .checkpoint import convert_state_dict, load_pretrained
+from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
+from . import resume  # noqa: F401  safe loading of mmengine checkpoints, atomic saves, RandomStateHook
 
-__all__ = ['ConvNeXt', 'convert_state_dict', 'load_pretrained']
+__all__ = ['ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor', 'convert_state_dict', 'load_pretrained']
 __version__ = '0.1.0'

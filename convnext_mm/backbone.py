@@ -31,13 +31,17 @@ ARCH_SETTINGS = {
 NUM_STAGES = 4
 TOTAL_STRIDE = 32
 NORM_EPS = 1e-6
+# oneDNN's Linear with a fused activation (what inductor uses on the CPU); None where torch lacks oneDNN.
+ONEDNN_LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, '_linear_pointwise', None)
+                           if torch.backends.mkldnn.is_available() else None)
 
 
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW tensor ("channels-first" in the paper's code)."""
 
     def forward(self, x):
-        # Normalizing the last dim of the NHWC view is exact and lets PyTorch use its fused kernel.
+        # Normalizing the last dim of the NHWC view is exact and lets PyTorch use its fused kernel. The backbone
+        # keeps its maps channels_last, so both permutes are free views.
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
@@ -53,9 +57,11 @@ class GRN(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        spatial_norm = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        spatial_norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)
         relative_norm = spatial_norm / (spatial_norm.mean(dim=-1, keepdim=True) + self.eps)
-        return self.gamma * (x * relative_norm) + self.beta + x
+        # The paper's gamma * (x * relative_norm) + beta + x, regrouped so the 4C-wide map takes one pass, not
+        # four (about 2x faster): the per-image, per-channel factor 1 + gamma * relative_norm is tiny.
+        return torch.addcmul(self.beta, x, 1 + self.gamma * relative_norm)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -78,15 +84,36 @@ class ConvNeXtBlock(nn.Module):
 
     def forward(self, x):
         shortcut = x
-        x = self.dwconv(x).permute(0, 2, 3, 1)  # NCHW -> NHWC: the norm and Linears act on channels last
-        x = self.act(self.pwconv1(self.norm(x)))
+        # NCHW -> NHWC for the norm and Linears: a free view, as the backbone keeps its maps channels_last.
+        x = self.norm(self.dwconv(x).permute(0, 2, 3, 1))
+        if onednn_inference(x):
+            x = onednn_linear_gelu(x, self.pwconv1)
+        else:
+            x = self.act(self.pwconv1(x))
         if self.grn is not None:
             x = self.grn(x)
         x = self.pwconv2(x)
+        if self.gamma is not None and not self.training:
+            # No drop path in eval, so layer scale and residual take one pass over the map instead of two.
+            return torch.addcmul(shortcut.permute(0, 2, 3, 1), x, self.gamma).permute(0, 3, 1, 2)
         if self.gamma is not None:
             x = x * self.gamma
-        x = x.permute(0, 3, 1, 2)
-        return shortcut + self.drop_path(x)
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
+
+def onednn_inference(x):
+    """Whether ``x`` may take oneDNN's fused Linear+GELU: float32 CPU inference, outside autocast (whose dtype
+    rules the op would skip), torch.compile (inductor fuses for itself) and tracing (mmengine's FLOP counter
+    traces the model, and the fused op neither traces nor counts)."""
+    return (ONEDNN_LINEAR_POINTWISE is not None and x.device.type == 'cpu' and x.dtype == torch.float32
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
+def onednn_linear_gelu(x, linear):
+    """``GELU(linear(x))`` with the exact (erf) GELU, computed inside oneDNN's matrix product. This saves two
+    passes over the 4C-wide activation, the largest tensor of a block. No autograd: inference only."""
+    return ONEDNN_LINEAR_POINTWISE(x, linear.weight, linear.bias, 'gelu', [], 'none')
 
 
 class ConvNeXtStage(nn.Module):
@@ -163,6 +190,10 @@ class ConvNeXt(BaseModule):
             no gradient, eval mode after ``train()``. 0 (or -1, mmdet's convention) freezes nothing.
         with_cp: non-reentrant gradient checkpointing of each block, to save memory in training.
         use_grn: ConvNeXt V2 blocks (global response normalization after GELU, no layer scale).
+        compile: ``torch.compile`` the backbone's forward, as one graph with static shapes (torch 2.13's inductor
+            fails on dynamic channels_last shapes): each new input size compiles anew, for minutes on a CPU, and
+            after torch._dynamo's recompile limit the backbone runs eagerly. A dict gives torch.compile's
+            arguments (e.g. ``dict(mode='max-autotune')``). Not faster on a CPU: docs/benchmarks.md.
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the
             official, timm, mmpretrain, ConvNeXt V2 or convnext_mm checkpoint layouts.
     """
@@ -176,6 +207,7 @@ class ConvNeXt(BaseModule):
                  frozen_stages=0,
                  with_cp=False,
                  use_grn=False,
+                 compile=False,
                  init_cfg=None):
         if init_cfg is None:
             init_cfg = [dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.)]
@@ -184,6 +216,9 @@ class ConvNeXt(BaseModule):
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= NUM_STAGES:
             raise ValueError(f'ConvNeXt: frozen_stages={frozen_stages!r} is out of range; allowed are 0..4 '
                              '(k freezes stages 0..k-1; -1 also means none)')
+        if not isinstance(compile, (bool, dict)):
+            raise ValueError(f'ConvNeXt: compile={compile!r} must be True, False or a dict of torch.compile '
+                             "arguments, e.g. dict(mode='max-autotune')")
         if not 0 <= drop_path_rate < 1:
             raise ValueError(f'ConvNeXt: drop_path_rate={drop_path_rate!r} must be in [0, 1)')
         self.depths, self.dims = depths, dims
@@ -209,6 +244,9 @@ class ConvNeXt(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=NORM_EPS))
         self._freeze_stages()
+        if compile:
+            # Module.compile keeps the module tree and parameter names (checkpoints, layer decay) as they are.
+            self.compile(**{'dynamic': False, **(compile if isinstance(compile, dict) else {})})
 
     def init_weights(self):
         if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
@@ -221,12 +259,16 @@ class ConvNeXt(BaseModule):
 
     def forward(self, x):
         self._check_input(x)
-        x = self.stem(x)
+        # Every map stays channels_last (NHWC in memory; convs keep their input's layout): the permutes around
+        # the norms and Linears become free views, and the 7x7 depthwise conv runs faster, its backward on the
+        # CPU far faster (docs/benchmarks.md).
+        x = self.stem(x.contiguous(memory_format=torch.channels_last))
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(getattr(self, f'norm{i}')(x))
+                # Necks, heads and mmcv ops expect plain NCHW; this copy is small next to a stage.
+                outs.append(getattr(self, f'norm{i}')(x).contiguous())
         return tuple(outs)
 
     def train(self, mode=True):

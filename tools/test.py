@@ -1,6 +1,6 @@
 """Test (and evaluate) a ConvNeXt detector or segmentor: mmdet's and mmseg's tools/test.py, also without a GPU.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta] [--demo]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Several GPUs: tools/dist_test.sh. ``--tta`` runs the config's test-time augmentation (the segmentation configs'
@@ -16,7 +16,9 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from convnext_mm.runtime import fit_config_to_machine, init_distributed_on_cpu, load_config
+from convnext_mm.data_checks import DataError, check_datasets
+from convnext_mm.demo import demo_config
+from convnext_mm.runtime import apply_cfg_options, fit_config_to_machine, init_distributed_on_cpu, load_config
 
 
 def parse_args(argv=None):
@@ -30,6 +32,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--show-dir', help='save painted predictions in this dir (under work_dir/TIMESTAMP/ for detection)')
     parser.add_argument('--tta', action='store_true', help="test with the config's test-time augmentation")
+    parser.add_argument(
+        '--demo', action='store_true', help='test a checkpoint of tools/train.py --demo on the demo val data')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -48,7 +52,10 @@ def parse_args(argv=None):
 
 
 def build_config(args):
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = load_config(args.config, None if args.demo else args.cfg_options)
+    if args.demo:  # the demo's settings first, so that --cfg-options can still change them
+        demo_config(cfg)
+        apply_cfg_options(cfg, args.cfg_options)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
@@ -95,6 +102,10 @@ def main(argv=None):
         raise SystemExit(f'error: --out {args.out}: detection predictions are dumped to a .pkl file')
     init_distributed_on_cpu(args.launcher)
     fit_config_to_machine(cfg, distributed=args.launcher != 'none')
+    try:
+        check_datasets(cfg, ('test', ))
+    except DataError as error:  # missing or malformed data: the message names the file and the fix
+        raise SystemExit(f'error: {error}')
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
     if args.out is not None and cfg.default_scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults

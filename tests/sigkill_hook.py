@@ -1,0 +1,32 @@
+"""For tests/test_resume.py: a hook that kills its own training process with SIGKILL at a chosen point.
+
+Configs import it with ``custom_imports=dict(imports=['convnext_mm', 'sigkill_hook'])`` (tests/ on PYTHONPATH).
+"""
+import os
+import signal
+
+from mmengine.hooks import Hook
+
+from convnext_mm.registry import register_in_hosts
+
+
+def _die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@register_in_hosts('HOOKS')
+class SigkillHook(Hook):
+    """``after_iter=N``: die once iteration N is done; ``during_save_at_iter=N``: die while the checkpoint
+    of iteration N is being written (its bytes are in a file, the rename that publishes it has not happened)."""
+
+    def __init__(self, after_iter=None, during_save_at_iter=None):
+        self.after_iter = after_iter
+        self.during_save_at_iter = during_save_at_iter
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.after_iter:
+            _die()
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        if checkpoint['meta']['iter'] == self.during_save_at_iter:
+            os.replace = _die

@@ -1,0 +1,208 @@
+"""Every fast path of the backbone gives the outputs and gradients of the plain formulation.
+
+The fast paths (convnext_mm/backbone.py): channels_last maps throughout, oneDNN's fused Linear+GELU in float32
+CPU inference, and the ``compile`` option. The plain formulation is the paper's, as written in
+tools/benchmark_backbone.py (``PaperConvNeXt``, which the benchmark times ours against), or the same block run
+on NCHW input or with autograd on. Speed is measured by that benchmark, not here.
+"""
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+from convnext_mm import ConvNeXt
+from convnext_mm import backbone as backbone_module
+from convnext_mm.backbone import GRN, ConvNeXtBlock
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
+RTOL = 1e-5  # of the largest magnitude of each tensor: the issue's bound, float32 rounding only
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location('benchmark_backbone', osp.join(ROOT, 'tools', 'benchmark_backbone.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+benchmark = load_benchmark()
+
+
+def randomize(model, seed=0):
+    """Non-trivial values for every parameter (layer scale and norms included) so no branch hides."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + (1.0 if param.dim() == 1 else 0.0))
+    return model
+
+
+def assert_all_close(tensors, references):
+    assert len(tensors) == len(references)
+    for a, b in zip(tensors, references):
+        assert a.shape == b.shape
+        scale = b.abs().max().item()
+        torch.testing.assert_close(a, b, rtol=0, atol=RTOL * scale)
+
+
+def step(model, x, train):
+    """Outputs, input gradient and parameter gradients of a loss over all outputs (training), or the outputs."""
+    def outputs(x):
+        outs = model(x)
+        return [outs] if isinstance(outs, torch.Tensor) else list(outs)  # a block gives one map
+
+    if not train:
+        model.eval()
+        with torch.no_grad():
+            return outputs(x)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    x = x.detach().requires_grad_()  # a leaf, in the memory layout given
+    outs = outputs(x)
+    sum((o * o).mean() for o in outs).backward()
+    return [o.detach() for o in outs] + [x.grad] + [p.grad for _, p in sorted(model.named_parameters())]
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch):
+    """Counts calls of oneDNN's fused Linear+GELU (so a test knows the fast path ran)."""
+    if backbone_module.ONEDNN_LINEAR_POINTWISE is None:
+        pytest.skip('this torch has no oneDNN fused Linear (torch.ops.mkldnn._linear_pointwise)')
+    calls = []
+    original = backbone_module.ONEDNN_LINEAR_POINTWISE
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(backbone_module, 'ONEDNN_LINEAR_POINTWISE', counting)
+    return calls
+
+
+def paper_pair(seed=0):
+    ours = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3)), seed)
+    paper = benchmark.PaperConvNeXt(TINY_ARCH['depths'], TINY_ARCH['dims'])
+    paper.load_state_dict(ours.state_dict())
+    return ours, paper
+
+
+def test_inference_matches_the_paper_formulation(onednn_calls):
+    ours, paper = paper_pair()
+    x = torch.randn(2, 3, 70, 97)
+    assert_all_close(step(ours, x, train=False), step(paper, x, train=False))
+    assert len(onednn_calls) == sum(TINY_ARCH['depths'])  # every block took the fused path
+
+
+def test_training_step_matches_the_paper_formulation(onednn_calls):
+    ours, paper = paper_pair()
+    x = torch.randn(2, 3, 70, 97)
+    assert_all_close(step(ours, x, train=True), step(paper, x, train=True))
+    assert not onednn_calls  # the fused op has no autograd formula: training takes the plain path
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(layer_scale_init_value=0), dict(use_grn=True)],
+                         ids=['layer_scale', 'no_layer_scale', 'v2_grn'])
+def test_fused_inference_equals_the_autograd_path(onednn_calls, kwargs):
+    model = randomize(ConvNeXt(arch=TINY_ARCH, **kwargs)).eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        fused = model(x)
+    assert onednn_calls
+    with torch.enable_grad():  # same weights and mode; autograd on takes the plain Linear and GELU
+        calls_before = len(onednn_calls)
+        plain = [o.detach() for o in model(x)]
+        assert len(onednn_calls) == calls_before
+    assert_all_close(fused, plain)
+
+
+def test_autocast_inference_takes_the_plain_path(onednn_calls):
+    """The fused op would run in float32 and ignore autocast's dtype rules."""
+    model = randomize(ConvNeXt(arch=TINY_ARCH)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = model(x)
+    assert not onednn_calls
+    with torch.no_grad():
+        reference = model(x)
+    for out, ref in zip(outs, reference):
+        torch.testing.assert_close(out.float(), ref, rtol=0.1, atol=0.1)  # bfloat16 agrees loosely
+
+
+@pytest.mark.parametrize('train', [False, True], ids=['inference', 'training'])
+@pytest.mark.parametrize('kwargs', [dict(), dict(use_grn=True)], ids=['v1', 'v2'])
+def test_block_gives_the_same_results_on_nchw_and_channels_last_input(train, kwargs):
+    block = randomize(ConvNeXtBlock(16, **kwargs))
+    x = torch.randn(2, 16, 9, 11)
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        results.append(step(block, x.contiguous(memory_format=memory_format), train))
+        assert results[-1][0].is_contiguous(memory_format=torch.channels_last) == (
+            memory_format == torch.channels_last)
+    assert_all_close(results[1], results[0])
+
+
+def paper_grn(x, gamma, beta):
+    """ConvNeXt V2's global response normalization as its paper writes it."""
+    gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+    return gamma * (x * nx) + beta + x
+
+
+def test_grn_matches_the_papers_formula_with_gradients():
+    grn = randomize(GRN(12))
+    x = torch.randn(2, 5, 7, 12)
+    results = []
+    for formula in (grn, lambda x: paper_grn(x, grn.gamma, grn.beta)):
+        grn.zero_grad(set_to_none=True)
+        leaf = x.clone().requires_grad_()
+        out = formula(leaf)
+        (out * out).mean().backward()
+        results.append([out.detach(), leaf.grad, grn.gamma.grad, grn.beta.grad])
+    assert_all_close(results[0], results[1])
+
+
+@pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
+def test_outputs_are_plain_contiguous_nchw_whatever_the_input_layout(memory_format):
+    model = ConvNeXt(arch=TINY_ARCH).eval()
+    x = torch.randn(1, 3, 64, 96).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        outs = model(x)
+    assert all(o.is_contiguous() for o in outs)
+
+
+def test_with_cp_matches_the_paper_formulation():
+    ours, paper = paper_pair()
+    checkpointed = ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), with_cp=True)
+    checkpointed.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    assert_all_close(step(checkpointed, x, train=True), step(paper, x, train=True))
+
+
+def skip_without_dynamo():
+    try:
+        torch.compile(lambda t: t + 1, backend='aot_eager', fullgraph=True)(torch.ones(2))
+    except Exception as error:  # noqa: BLE001  any failure means: no torch.compile on this interpreter
+        pytest.skip(f'torch.compile is unavailable here: {type(error).__name__}: {error}')
+
+
+@pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'with_cp'])
+def test_compile_option_matches_the_paper_formulation(with_cp):
+    """Traced by dynamo and AOTAutograd as a single graph (fullgraph) without inductor's minutes of C++
+    compilation; the benchmark runs inductor itself (tools/benchmark_backbone.py --compile)."""
+    skip_without_dynamo()
+    ours, paper = paper_pair()
+    compiled = ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), with_cp=with_cp,
+                        compile=dict(backend='aot_eager', fullgraph=True))
+    compiled.load_state_dict(ours.state_dict())
+    assert list(dict(compiled.named_parameters())) == list(dict(ours.named_parameters()))
+    x = torch.randn(2, 3, 64, 64)
+    for train in (False, True):
+        assert_all_close(step(compiled, x, train), step(paper, x, train))
+
+
+@pytest.mark.parametrize('value', ['yes', 1, ['inductor']])
+def test_bad_compile_values_are_named(value):
+    with pytest.raises(ValueError, match=r'compile=.* must be True, False or a dict of torch.compile arguments'):
+        ConvNeXt(arch=TINY_ARCH, compile=value)

@@ -1,0 +1,204 @@
+"""Resume: a training run killed with SIGKILL after a checkpoint, resumed with ``tools/train.py --resume``, ends at
+the same iteration with the same weights, optimizer and scheduler state as a run never interrupted.
+
+Both loop kinds of the paper's configs, shrunk (atto backbone, tiny images, a few iterations, the demo data):
+Cascade Mask R-CNN (epoch-based; killed in the middle of an epoch) and UperNet (iteration-based; killed while
+a checkpoint is being written, which must leave no file under the checkpoint's name). Random draws happen all
+along (drop path, RoI sampling, random flips and crops, dropout) and validation runs in between, so equality
+also checks that the random state is carried over.
+"""
+import copy
+import glob
+import os
+import os.path as osp
+import pickle
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import convnext_mm  # noqa: F401  registers the safe globals for torch.load
+from convnext_mm.demo_data import CLASSES, SEG_CLASSES, make_ade, make_coco
+from tiny_models import shrink_cascade, shrink_upernet
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TESTS = osp.join(ROOT, 'tests')
+CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
+UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
+
+
+def tiny_cascade(data_root):
+    """Cascade ConvNeXt config shrunk: 3 epochs of 2 iterations, a checkpoint after each, validation after 2, 3."""
+    cfg = shrink_cascade(Config.fromfile(CASCADE_T), len(CLASSES))
+    resize = dict(type='Resize', scale=(96, 96), keep_ratio=True)
+    pipelines = dict(train=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True,
+                                                                  with_mask=True),
+                            resize, dict(type='RandomFlip', prob=0.5), dict(type='PackDetInputs')],
+                     val=[dict(type='LoadImageFromFile'), resize,
+                          dict(type='LoadAnnotations', with_bbox=True, with_mask=True), dict(type='PackDetInputs')])
+    for split in ('train', 'val'):
+        loader = cfg[f'{split}_dataloader']
+        loader.update(num_workers=0, persistent_workers=False)
+        loader.dataset.update(data_root=data_root, ann_file=f'annotations/instances_{split}.json',
+                              data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES),
+                              pipeline=pipelines[split])
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.val_evaluator.ann_file = osp.join(data_root, 'annotations', 'instances_val.json')
+    cfg.test_evaluator = cfg.val_evaluator
+    cfg.train_cfg.update(max_epochs=3, val_interval=2)
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3),
+        dict(type='MultiStepLR', begin=0, end=3, by_epoch=True, milestones=[2], gamma=0.1)]
+    return cfg
+
+
+def tiny_upernet(data_root):
+    """UperNet ConvNeXt config shrunk: 6 iterations, a checkpoint and a validation every 2."""
+    cfg = shrink_upernet(Config.fromfile(UPERNET_T), len(SEG_CLASSES))
+    pipelines = dict(
+        train=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
+               dict(type='RandomCrop', crop_size=(64, 64), cat_max_ratio=0.75),
+               dict(type='RandomFlip', prob=0.5), dict(type='PackSegInputs')],
+        val=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', reduce_zero_label=True),
+             dict(type='PackSegInputs')])
+    for split, folder in (('train', 'training'), ('val', 'validation')):
+        loader = cfg[f'{split}_dataloader']
+        loader.update(num_workers=0, persistent_workers=False)
+        loader.dataset.update(
+            type='BaseSegDataset', data_root=data_root, img_suffix='.jpg', seg_map_suffix='.png',
+            reduce_zero_label=True, metainfo=dict(classes=SEG_CLASSES), pipeline=pipelines[split],
+            data_prefix=dict(img_path=f'images/{folder}', seg_map_path=f'annotations/{folder}'))
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.train_cfg.update(max_iters=6, val_interval=2)
+    cfg.default_hooks.checkpoint.interval = 2
+    cfg.param_scheduler = [
+        dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3),
+        dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=3, end=6)]
+    return cfg
+
+
+def write_config(cfg, path, sigkill=None):
+    """Deterministic settings, logging every iteration; ``sigkill``: SigkillHook args.
+
+    tools/train.py adds the RandomStateHook itself: the random generators' state goes with each checkpoint.
+    """
+    cfg = copy.deepcopy(cfg)
+    cfg.randomness = dict(seed=0, deterministic=True)
+    cfg.default_hooks.logger.interval = 1
+    if sigkill:
+        cfg.custom_imports = dict(imports=['convnext_mm', 'sigkill_hook'], allow_failed_imports=False)
+        cfg.custom_hooks = [dict(type='SigkillHook', **sigkill)]
+    cfg.dump(path)
+    return path
+
+
+def tool(name, *args):
+    # One thread: these models are tiny, and OpenMP threads spin badly on a machine busy with other work.
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join([TESTS, os.environ.get('PYTHONPATH', '')]))
+    return subprocess.run([sys.executable, osp.join(ROOT, 'tools', name), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def train(config, work_dir, *args):
+    return tool('train.py', config, '--work-dir', work_dir, *args)
+
+
+def differences(expected, actual, where=''):
+    """Where two nested checkpoint structures differ (tensors compared exactly)."""
+    if torch.is_tensor(expected):
+        return [] if torch.is_tensor(actual) and torch.equal(expected, actual) else [where]
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or expected.keys() != actual.keys():
+            return [where]
+        return [d for k in expected for d in differences(expected[k], actual[k], f'{where}.{k}')]
+    if isinstance(expected, (list, tuple)):
+        if not isinstance(actual, (list, tuple)) or len(expected) != len(actual):
+            return [where]
+        return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f'{where}[{i}]')]
+    return [] if expected == actual else [where]
+
+
+def assert_same_state(expected_path, actual_path):
+    expected, actual = torch.load(expected_path), torch.load(actual_path)
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        different = differences(expected[key], actual[key], key)
+        assert not different, f'{len(different)} entries differ, e.g. {different[:3]}'
+    assert (actual['meta']['epoch'], actual['meta']['iter']) == (expected['meta']['epoch'], expected['meta']['iter'])
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('data')
+    make_coco(str(root / 'coco'), {'train': 4, 'val': 2}, image_size=((96, 96), (96, 96)))
+    make_ade(str(root / 'ade'), {'training': 4, 'validation': 2}, image_size=((80, 80), (80, 80)))
+    return root
+
+
+def test_sigkill_in_the_middle_of_an_epoch_then_resume(data, tmp_path):
+    cfg = tiny_cascade(str(data / 'coco'))
+    plain = write_config(cfg, str(tmp_path / 'cascade.py'))
+    reference = train(plain, str(tmp_path / 'reference'))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    work_dir = str(tmp_path / 'killed')
+    killed = train(write_config(cfg, str(tmp_path / 'cascade_killed.py'), dict(after_iter=5)), work_dir)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(map(osp.basename, glob.glob(osp.join(work_dir, '*.pth')))) == ['epoch_1.pth', 'epoch_2.pth']
+
+    resumed = train(plain, work_dir, '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resumed epoch: 2, iter: 4' in resumed.stdout + resumed.stderr
+    assert_same_state(osp.join(tmp_path, 'reference', 'epoch_3.pth'), osp.join(work_dir, 'epoch_3.pth'))
+    assert torch.load(osp.join(work_dir, 'epoch_3.pth'))['meta']['iter'] == 6
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_no_checkpoint_file_then_resume(data, tmp_path):
+    cfg = tiny_upernet(str(data / 'ade'))
+    plain = write_config(cfg, str(tmp_path / 'upernet.py'))
+    reference = train(plain, str(tmp_path / 'reference'))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    work_dir = str(tmp_path / 'killed')
+    killed = train(write_config(cfg, str(tmp_path / 'upernet_killed.py'), dict(during_save_at_iter=4)), work_dir)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    # The interrupted write left its bytes in a temporary file only; the last complete checkpoint stands.
+    assert sorted(map(osp.basename, glob.glob(osp.join(work_dir, '*.pth')))) == ['iter_2.pth']
+    assert glob.glob(osp.join(work_dir, '.iter_4.pth.*.tmp'))
+    with open(osp.join(work_dir, 'last_checkpoint')) as f:
+        assert f.read().strip().endswith('iter_2.pth')
+
+    resumed = train(plain, work_dir, '--resume')
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'resumed epoch: 0, iter: 2' in resumed.stdout + resumed.stderr
+    assert_same_state(osp.join(tmp_path, 'reference', 'iter_6.pth'), osp.join(work_dir, 'iter_6.pth'))
+
+    # tools/test.py on the last checkpoint reproduces the metrics of the validation at the end of training.
+    tested = tool('test.py', plain, osp.join(work_dir, 'iter_6.pth'), '--work-dir', str(tmp_path / 'test'))
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    last_val = re.findall(r'Iter\(val\) \[2/2\]\s+(aAcc: .*mAcc: [0-9.]+)', resumed.stdout + resumed.stderr)[-1]
+    test = re.findall(r'Iter\(test\) \[2/2\]\s+(aAcc: .*mAcc: [0-9.]+)', tested.stdout + tested.stderr)[-1]
+    assert test == last_val and 'mIoU: ' in test
+
+
+class NotAllowed:
+    """A class no allow-list names: a checkpoint holding one must still be refused."""
+
+
+def test_mmengine_checkpoints_load_safely_and_other_objects_are_still_refused(tmp_path):
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('test_resume')
+    hub.update_scalar('train/loss', 1.5)
+    hub.update_info('dataset_meta', dict(classes=CLASSES))
+    checkpoint = dict(meta=dict(epoch=1, iter=2, seed=0), message_hub=hub.state_dict(),
+                      state_dict={'w': torch.ones(2)}, random_state=convnext_mm.resume.get_random_state())
+    torch.save(checkpoint, tmp_path / 'ok.pth')
+    loaded = torch.load(tmp_path / 'ok.pth')  # torch's default: the safe unpickler
+    assert loaded['message_hub']['log_scalars']['train/loss'].current() == 1.5
+    torch.save(dict(meta=NotAllowed()), tmp_path / 'bad.pth')
+    with pytest.raises(pickle.UnpicklingError, match='NotAllowed'):
+        torch.load(tmp_path / 'bad.pth')

@@ -1,0 +1,49 @@
+"""The paper's Cascade Mask R-CNN and UperNet configs shrunk for CPU tests (tests/test_resume.py,
+tests/test_data_errors.py): an atto ConvNeXt at random init and 32-channel necks and heads, few proposals.
+Same model classes, losses, samplers and data flow; only widths and counts change."""
+import pytest
+import torch
+
+WIDTH = 32
+ATTO_DIMS = [40, 80, 160, 320]
+
+
+def shrink_cascade(cfg, num_classes):
+    """In place: ``cfg`` (configs/cascade/*) with a tiny model of ``num_classes`` classes."""
+    model = cfg.model
+    model.backbone.update(arch='atto', drop_path_rate=0.1, init_cfg=None)
+    model.neck.update(in_channels=ATTO_DIMS, out_channels=WIDTH)
+    model.rpn_head.update(in_channels=WIDTH, feat_channels=WIDTH)
+    roi_head = model.roi_head
+    roi_head.bbox_roi_extractor.out_channels = WIDTH
+    roi_head.mask_roi_extractor.out_channels = WIDTH
+    for head in roi_head.bbox_head:
+        head.update(num_classes=num_classes, in_channels=WIDTH, conv_out_channels=WIDTH, fc_out_channels=WIDTH)
+    roi_head.mask_head.update(num_classes=num_classes, in_channels=WIDTH, conv_out_channels=WIDTH)
+    model.train_cfg.rpn_proposal.max_per_img = 16
+    for stage in model.train_cfg.rcnn:
+        stage.sampler.num = 16
+    model.test_cfg.rpn.max_per_img = 16
+    model.test_cfg.rcnn.max_per_img = 5
+    return cfg
+
+
+def shrink_upernet(cfg, num_classes, crop_size=(64, 64)):
+    """In place: ``cfg`` (configs/upernet/*) with a tiny model of ``num_classes`` classes."""
+    model = cfg.model
+    model.data_preprocessor.size = crop_size
+    model.backbone.update(arch='atto', drop_path_rate=0.1, init_cfg=None)
+    model.decode_head.update(in_channels=ATTO_DIMS, channels=WIDTH, num_classes=num_classes)
+    model.auxiliary_head.update(in_channels=ATTO_DIMS[2], channels=WIDTH // 2, num_classes=num_classes)
+    model.test_cfg = dict(mode='whole')
+    return cfg
+
+
+@pytest.fixture
+def one_thread():
+    """Train in-process on one thread: tiny models gain nothing from two, and OpenMP threads spin badly on a
+    machine busy with other work (a step can take ten times longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,421 @@
+"""Speed, peak memory and numerics of our ConvNeXt backbone against the paper's formulation, in one run.
+
+    python tools/benchmark_backbone.py [--quick] [--archs tiny base] [--sizes 8x224x224 1x800x1216]
+        [--reps 5] [--compile] [--no-memory]
+    python tools/benchmark_backbone.py --detector-memory configs/cascade/convnext_t_3x.py [--size 800x1333]
+
+The reference (``PaperConvNeXt`` below) is the official code's sequence of operations: NCHW maps, a permute to
+NHWC and back around every block's norm and Linears, and the channels-first LayerNorm written out as mean,
+variance, divide. It has our parameter names, so it holds the same weights. For each arch, input size and step
+(``infer``: no_grad forward in eval mode; ``train``: forward and backward of a loss over all four outputs in
+train mode) the two models run alternately, the order flipping every repetition, and the table gives median
+images/s of each, their ratio, peak memory, and the largest difference of the outputs (and, for a training step,
+of the parameter gradients), relative to the largest magnitude of that tensor.
+
+Peak memory: on a GPU, ``torch.cuda.max_memory_allocated`` during one step; on the CPU, the growth of the
+process's peak resident set (VmHWM) over one step, each measured in a fresh subprocess (PyTorch keeps no CPU
+allocator statistics).
+
+``--detector-memory CONFIG`` instead measures one training step (forward, losses, backward) of the config's
+detector on a synthetic image with a few boxes and masks, with the backbone's ``with_cp`` off and on, each in a
+fresh subprocess, and prints the peak memory of both.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from convnext_mm.backbone import ARCH_SETTINGS, ConvNeXt, ConvNeXtBlock
+
+NORM_EPS = 1e-6
+
+
+# ---------------------------------------------------------------- the paper's formulation (official code)
+class PaperChannelsFirstLayerNorm(nn.Module):
+    """The official code's LayerNorm for NCHW maps: statistics over dim 1, written out."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + NORM_EPS)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class PaperBlock(nn.Module):
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        input = x
+        x = self.dwconv(x)
+        x = x.permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
+        x = self.norm(x)
+        x = self.pwconv1(x)
+        x = self.act(x)
+        x = self.pwconv2(x)
+        x = self.gamma * x
+        x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+        return input + x
+
+
+class PaperStage(nn.Module):
+
+    def __init__(self, in_dim, dim, depth):
+        super().__init__()
+        if in_dim is None:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = nn.Sequential(
+                PaperChannelsFirstLayerNorm(in_dim), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
+        self.blocks = nn.Sequential(*[PaperBlock(dim) for _ in range(depth)])
+
+    def forward(self, x):
+        return self.blocks(self.downsample(x))
+
+
+class PaperConvNeXt(nn.Module):
+    """The official detection backbone (all four outputs), with our parameter names."""
+
+    def __init__(self, depths, dims):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), PaperChannelsFirstLayerNorm(dims[0]))
+        self.stages = nn.ModuleList(
+            [PaperStage(dims[i - 1] if i > 0 else None, dims[i], depths[i]) for i in range(4)])
+        for i in range(4):
+            self.add_module(f'norm{i}', PaperChannelsFirstLayerNorm(dims[i]))
+
+    def forward(self, x):
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            outs.append(getattr(self, f'norm{i}')(x))
+        return tuple(outs)
+
+
+# ---------------------------------------------------------------- the models and one step of each
+def build_models(arch, device, compile_ours=False, seed=0):
+    """Ours (and, with ``compile_ours``, ours with ``compile=True``) and the paper's, all with the same weights.
+
+    Weights: PyTorch's default init, then layer scales in [0.1, 1] and norm affines near (1, 0), as in trained
+    models: the default layer scale of 1e-6 would hide every block's branch from the comparison.
+    """
+    torch.manual_seed(seed)
+    ours = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3))
+    with torch.no_grad():
+        for module in ours.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight.normal_(1.0, 0.1)
+                module.bias.normal_(0.0, 0.1)
+            if isinstance(module, ConvNeXtBlock):
+                module.gamma.uniform_(0.1, 1.0)
+    settings = ARCH_SETTINGS[arch]
+    models = {'ours': ours, 'paper': PaperConvNeXt(settings['depths'], settings['dims'])}
+    models['paper'].load_state_dict(ours.state_dict())
+    if compile_ours:
+        models['ours+compile'] = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), compile=True)
+        models['ours+compile'].load_state_dict(ours.state_dict())
+    return {name: model.to(device) for name, model in models.items()}
+
+
+def run_step(model, x, step, amp_dtype):
+    """One inference or training step; returns the outputs (and, for training, the parameter gradients)."""
+    autocast = torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    if step == 'infer':
+        model.eval()
+        with torch.no_grad(), autocast:
+            return model(x), None
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with autocast:
+        outs = model(x)
+        loss = sum(out.float().pow(2).mean() for out in outs)
+    loss.backward()
+    return outs, [p.grad for p in model.parameters()]
+
+
+def synchronize(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def largest_relative_difference(tensors, references):
+    """max over pairs of max|a - b| / max|b|."""
+    return max(((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
+               for a, b in zip(tensors, references))
+
+
+# ---------------------------------------------------------------- peak memory of one step
+def peak_rss_growth_of(fn):
+    """Growth of this process's peak resident set while ``fn`` runs, in bytes (Linux)."""
+
+    def status_kib(field):
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith(field + ':'):
+                    return int(line.split()[1])
+        raise RuntimeError(f'no {field} in /proc/self/status')
+
+    before = status_kib('VmRSS')
+    fn()
+    return (status_kib('VmHWM') - before) * 1024
+
+
+def peak_memory_of_step(model_name, arch, shape, step, device, amp_dtype):
+    """Bytes of peak memory of one step: CUDA allocator peak, or (CPU) the peak-RSS growth in this process."""
+    model = build_models(arch, device)[model_name]
+    x = torch.randn(shape, device=device)
+    if device.type == 'cuda':
+        run_step(model, x, step, amp_dtype)  # warm-up: cuDNN workspaces and autotuning are not the model's
+        model.zero_grad(set_to_none=True)
+        synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run_step(model, x, step, amp_dtype)
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    return peak_rss_growth_of(lambda: run_step(model, x, step, amp_dtype))
+
+
+def measure_in_subprocess(request):
+    """Run ``--_measure JSON`` in a fresh interpreter (a clean peak) and return its number."""
+    command = [sys.executable, os.path.abspath(__file__), '--_measure', json.dumps(request)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f'memory measurement {request} failed:\n{result.stderr[-3000:]}')
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- the backbone table
+def time_interleaved(models, x, step, amp_dtype, reps):
+    """Median seconds per step of each model, alternating them and flipping the order every repetition."""
+    device = x.device
+    times = {name: [] for name in models}
+    names = list(models)
+    for rep in range(reps):
+        for name in (names if rep % 2 == 0 else names[::-1]):
+            synchronize(device)
+            start = time.perf_counter()
+            run_step(models[name], x, step, amp_dtype)
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps, compile_ours, memory):
+    models = build_models(arch, device, compile_ours)
+    x = torch.randn(shape, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = {}
+    start = time.perf_counter()
+    for name, model in models.items():  # warm-up, and the outputs to compare
+        first = time.perf_counter()
+        results[name] = run_step(model, x, step, amp_dtype)
+        if name == 'ours+compile':
+            print(f'  (ours+compile: first {step} step, with compilation, took {time.perf_counter() - first:.0f} s)',
+                  flush=True)
+    seconds = time_interleaved(models, x, step, amp_dtype, reps)
+    rows = []
+    ref_outs, ref_grads = results['paper']
+    for name in models:
+        outs, grads = results[name]
+        row = dict(arch=arch, shape='x'.join(map(str, shape)), step=step, model=name,
+                   images_per_s=shape[0] / seconds[name], vs_paper=seconds['paper'] / seconds[name],
+                   out_diff=largest_relative_difference(outs, ref_outs),
+                   grad_diff=largest_relative_difference(grads, ref_grads) if grads else None, peak_mib=None)
+        if memory and name != 'ours+compile':  # its first step would count the compiler's memory
+            request = dict(model=name, arch=arch, shape=list(shape), step=step, device=str(device),
+                           amp=str(amp_dtype).replace('torch.', '') if amp_dtype else None)
+            row['peak_mib'] = measure_in_subprocess(request) / 2**20
+        rows.append(row)
+    del models, results
+    print(f'  ({arch} {rows[0]["shape"]} {step}: {time.perf_counter() - start:.0f} s)', flush=True)
+    return rows
+
+
+def format_table(rows, precision_label):
+    header = ('| arch | input | step | precision | model | images/s | vs paper | peak memory (MiB) '
+              '| max rel. output diff | max rel. grad diff |')
+    lines = [header, '|' + '---|' * 10]
+    for r in rows:
+        peak = f'{r["peak_mib"]:.0f}' if r['peak_mib'] is not None else '-'
+        grad = f'{r["grad_diff"]:.1e}' if r['grad_diff'] is not None else '-'
+        lines.append(f'| {r["arch"]} | {r["shape"]} | {r["step"]} | {precision_label(r)} | {r["model"]} '
+                     f'| {r["images_per_s"]:.3g} | {r["vs_paper"]:.2f}x | {peak} | {r["out_diff"]:.1e} | {grad} |')
+    return '\n'.join(lines)
+
+
+def machine_line(device):
+    with open('/proc/loadavg') as f:
+        load = ' '.join(f.read().split()[:3])
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    return f'torch {torch.__version__}, {where}, load average {load} (1, 5, 15 min)'
+
+
+def run_backbone_benchmark(args):
+    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    # (label, autocast dtype, channels_last input). TF32 as in the paper's A100 throughput.
+    if device.type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        settings = [('fp32 (TF32)', None, False), ('fp32 (TF32), channels_last', None, True),
+                    ('AMP bf16, channels_last', torch.bfloat16, True), ('AMP fp16, channels_last', torch.float16, True)]
+    else:
+        settings = [('fp32', None, False)]
+    print(f'Before: {machine_line(device)}', flush=True)
+    rows = []
+    for label, amp_dtype, channels_last in settings:
+        for arch in args.archs:
+            for shape in args.sizes:
+                for step in args.steps:
+                    for row in benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, args.reps,
+                                                 args.compile, args.memory):
+                        row['precision'] = label
+                        rows.append(row)
+    print(f'After: {machine_line(device)}')
+    print(f'{args.reps} repetitions per model and setting, medians.')
+    print(format_table(rows, lambda r: r['precision']))
+
+
+# ---------------------------------------------------------------- a detector's training step
+def detector_training_step(config, with_cp, size, device):
+    """Peak memory (bytes) and seconds of one training step of the config's model on a synthetic image."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+
+    from convnext_mm.runtime import build_model, load_config
+
+    cfg = load_config(config, {'model.backbone.with_cp': with_cp})
+    model = build_model(cfg).to(device).train()
+    height, width = size
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+    boxes = torch.tensor([[100., 120., 500., 600.], [600., 50., 1000., 400.], [300., 400., 1200., 780.]])
+    masks = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
+        mask[y1:y2, x1:x2] = 1
+    sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1., 1.)))
+    sample.gt_instances = InstanceData(
+        bboxes=boxes, labels=torch.tensor([0, 1, 2]), masks=BitmapMasks(masks.numpy(), height, width))
+    batch = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), training=True)
+
+    def step():
+        losses = model(**batch, mode='loss')
+        loss, _ = model.parse_losses(losses)
+        loss.backward()
+
+    if device.type == 'cuda':
+        step()  # warm-up
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated(device) - base, time.perf_counter() - start
+    start = time.perf_counter()
+    peak = peak_rss_growth_of(step)
+    return peak, time.perf_counter() - start
+
+
+def run_detector_memory(args):
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    print(f'Before: {machine_line(torch.device(device))}', flush=True)
+    results = {}
+    for with_cp in (False, True):
+        request = dict(detector=args.detector_memory, with_cp=with_cp, size=list(args.size), device=device)
+        results[with_cp] = measure_in_subprocess(request)
+        print(f'  with_cp={with_cp}: done', flush=True)
+    size = f'1x3x{args.size[0]}x{args.size[1]}'
+    print(f'{args.detector_memory}, one training step at {size} on {device}, peak memory of the step:')
+    print('| with_cp | peak memory (MiB) | step time (s) |')
+    print('|---|---|---|')
+    for with_cp, (peak, seconds) in results.items():
+        print(f'| {with_cp} | {peak / 2**20:.0f} | {seconds:.1f} |')
+    saved = 1 - results[True][0] / results[False][0]
+    print(f'with_cp saves {saved:.0%} of the peak.')
+
+
+# ---------------------------------------------------------------- command line
+def parse_shape(text):
+    try:
+        batch, height, width = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not BATCHxHEIGHTxWIDTH, e.g. 8x224x224') from None
+    return (batch, 3, height, width)
+
+
+def parse_size(text):
+    try:
+        height, width = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not HEIGHTxWIDTH, e.g. 800x1333') from None
+    return (height, width)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--quick', action='store_true',
+                        help='smoke test: tiny arch, 2x3x224x224, 2 repetitions (numbers not meaningful)')
+    parser.add_argument('--archs', nargs='+', default=['tiny', 'base'], choices=sorted(ARCH_SETTINGS))
+    parser.add_argument('--sizes', nargs='+', type=parse_shape, default=[(8, 3, 224, 224), (1, 3, 800, 1216)],
+                        metavar='BxHxW')
+    parser.add_argument('--steps', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
+    parser.add_argument('--reps', type=int, default=5, help='timed repetitions per model and setting')
+    parser.add_argument('--compile', action='store_true', help='also time ours with compile=True (minutes more)')
+    parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory column')
+    parser.add_argument('--detector-memory', metavar='CONFIG',
+                        help='peak memory of a training step of this detector, with_cp off and on')
+    parser.add_argument('--size', type=parse_size, default=(800, 1333), metavar='HxW',
+                        help='image size for --detector-memory')
+    parser.add_argument('--_measure', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.archs, args.sizes, args.reps = ['tiny'], [(2, 3, 224, 224)], 2
+    if args.reps < 1:
+        parser.error(f'--reps must be at least 1, got {args.reps}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args._measure:  # the child process of measure_in_subprocess
+        request = json.loads(args._measure)
+        device = torch.device(request['device'])
+        if 'detector' in request:
+            result = detector_training_step(request['detector'], request['with_cp'], tuple(request['size']), device)
+        else:
+            amp = getattr(torch, request['amp']) if request['amp'] else None
+            result = peak_memory_of_step(request['model'], request['arch'], tuple(request['shape']), request['step'],
+                                         device, amp)
+        print(json.dumps(result))
+    elif args.detector_memory:
+        run_detector_memory(args)
+    else:
+        run_backbone_benchmark(args)
+
+
+if __name__ == '__main__':
+    main()
