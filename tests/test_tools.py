@@ -186,7 +186,11 @@ def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path):
     config = tmp_path / 'tiny_upernet.py'
     config.write_text(TINY_UPERNET.format(base=UPERNET_T))
     work_dir = tmp_path / 'work'
-    load_tool('train').main([str(config), '--work-dir', str(work_dir), '--cfg-options', f'data_root={ade}'])
+    # In its own process: mmengine keeps loggers and visualizers as process-wide instances, and one left by an
+    # earlier test in this process can take this run's scalars.
+    train = run_script([sys.executable, osp.join(ROOT, 'tools', 'train.py'), str(config), '--work-dir', str(work_dir),
+                        '--cfg-options', f'data_root={ade}'])
+    assert train.returncode == 0, train.stderr[-3000:]
     losses = [record['loss'] for record in scalars(work_dir) if 'loss' in record]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
 
