@@ -45,10 +45,10 @@ HUE_JITTER = 20.
 MAX_OBJECTS = 5
 EMPTY_IMAGE_PROB = 0.06
 MIN_VISIBLE_FRACTION = 0.5  # an occluded shape keeps at least this much of itself in view
-# Sizes relative to the shorter image side (at 256 pixels: shapes of 28 to 96, blobs of radius 12 to 40).
+# Sizes relative to the shorter image side (at 128 pixels: shapes of 14 to 48, blobs of radius 6 to 20).
 SHAPE_SIZE = (0.11, 0.375)
 BLOB_RADIUS = (0.05, 0.16)
-MIN_VISIBLE_AREA = 0.0023  # of the image: 150 pixels at 256 x 256
+MIN_VISIBLE_AREA = 0.0023  # times the shorter side squared: 38 pixels at 128
 PLACEMENT_TRIES = 30
 
 
@@ -101,8 +101,8 @@ class ShapeScene:
         # Muted colours: shapes are saturated, the background is not, but both are textured.
         hue, saturation, value = rng.uniform(0, 1), rng.uniform(0, 0.3), rng.uniform(0.3, 0.8)
         base = np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255
-        return self._texture(self.height, self.width, base, grain=rng.uniform(3, 12), stripe_amplitude=rng.uniform(0, 25),
-                             smooth_amplitude=rng.uniform(10, 35))
+        return self._texture(self.height, self.width, base, grain=rng.uniform(3, 12),
+                             stripe_amplitude=rng.uniform(0, 25), smooth_amplitude=rng.uniform(10, 35))
 
     def _paint_blobs(self):
         """0-2 irregular grey-ish blobs: clutter the detector must learn to ignore (ADE's label 0)."""

@@ -21,7 +21,8 @@ RTOL = 1e-5  # of the largest magnitude of each tensor: the issue's bound, float
 
 
 def load_benchmark():
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', osp.join(ROOT, 'tools', 'benchmark_backbone.py'))
+    path = osp.join(ROOT, 'tools', 'benchmark_backbone.py')
+    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,7 +1,7 @@
 """Speed, peak memory and numerics of our ConvNeXt backbone against the paper's formulation, in one run.
 
     python tools/benchmark_backbone.py [--quick] [--archs tiny base] [--sizes 8x224x224 1x800x1216]
-        [--reps 5] [--compile] [--no-memory]
+        [--reps 5] [--threads N] [--compile] [--no-memory]
     python tools/benchmark_backbone.py --detector-memory configs/cascade/convnext_t_3x.py [--size 800x1333]
 
 The reference (``PaperConvNeXt`` below) is the official code's sequence of operations: NCHW maps, a permute to
@@ -198,7 +198,8 @@ def peak_memory_of_step(model_name, arch, shape, step, device, amp_dtype):
 
 def measure_in_subprocess(request):
     """Run ``--_measure JSON`` in a fresh interpreter (a clean peak) and return its number."""
-    command = [sys.executable, os.path.abspath(__file__), '--_measure', json.dumps(request)]
+    command = [sys.executable, os.path.abspath(__file__), '--threads', str(torch.get_num_threads()),
+               '--_measure', json.dumps(request)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f'memory measurement {request} failed:\n{result.stderr[-3000:]}')
@@ -384,6 +385,8 @@ def parse_args(argv=None):
                         metavar='BxHxW')
     parser.add_argument('--steps', nargs='+', default=['infer', 'train'], choices=['infer', 'train'])
     parser.add_argument('--reps', type=int, default=5, help='timed repetitions per model and setting')
+    parser.add_argument('--threads', type=int,
+                        help='CPU threads (default: torch\'s, one per core); 1 is steadier on a loaded machine')
     parser.add_argument('--compile', action='store_true', help='also time ours with compile=True (minutes more)')
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory column')
     parser.add_argument('--detector-memory', metavar='CONFIG',
@@ -396,11 +399,15 @@ def parse_args(argv=None):
         args.archs, args.sizes, args.reps = ['tiny'], [(2, 3, 224, 224)], 2
     if args.reps < 1:
         parser.error(f'--reps must be at least 1, got {args.reps}')
+    if args.threads is not None and args.threads < 1:
+        parser.error(f'--threads must be at least 1, got {args.threads}')
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args._measure:  # the child process of measure_in_subprocess
         request = json.loads(args._measure)
         device = torch.device(request['device'])
