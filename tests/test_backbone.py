@@ -6,16 +6,9 @@ import torch.nn.functional as F
 from convnext_mm import ConvNeXt
 from convnext_mm.backbone import ARCH_SETTINGS
 
+from tiny_models import randomize
+
 TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
-
-
-def randomize(model, seed=0):
-    """Non-trivial values for every parameter, norms and layer scale included, so numerics are really tested."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + (1.0 if param.dim() == 1 else 0.0))
-    return model
 
 
 def reference_convnext(x, params, depths, out_indices, use_grn=False):

@@ -189,13 +189,22 @@ def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path):
     # In its own process: mmengine keeps loggers and visualizers as process-wide instances, and one left by an
     # earlier test in this process can take this run's scalars.
     train = run_script([sys.executable, osp.join(ROOT, 'tools', 'train.py'), str(config), '--work-dir', str(work_dir),
-                        '--cfg-options', f'data_root={ade}'])
+                        '--cfg-options', f'data_root={ade}', 'train_cfg.val_begin=2', 'train_cfg.val_interval=2'])
     assert train.returncode == 0, train.stderr[-3000:]
-    losses = [record['loss'] for record in scalars(work_dir) if 'loss' in record]
+    records = scalars(work_dir)
+    losses = [record['loss'] for record in records if 'loss' in record]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    (at_end_of_training, ) = [record for record in records if 'mIoU' in record]
 
-    metrics = load_tool('test').main([str(config), str(work_dir / 'iter_2.pth'), '--tta', '--work-dir',
-                                      str(work_dir), '--cfg-options', f'data_root={ade}'])
+    # tools/test.py on the saved checkpoint gives the metrics printed at the end of training ...
+    test = load_tool('test')
+    metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--work-dir', str(work_dir),
+                         '--cfg-options', f'data_root={ade}'])
+    assert {key: metrics[key] for key in ('aAcc', 'mIoU', 'mAcc')} == \
+        {key: at_end_of_training[key] for key in ('aAcc', 'mIoU', 'mAcc')}
+    # ... and runs mmseg's test-time augmentation.
+    metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--tta', '--work-dir',
+                         str(work_dir), '--cfg-options', f'data_root={ade}'])
     assert 0 <= metrics['mIoU'] <= 100
 
 

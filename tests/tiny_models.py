@@ -1,11 +1,22 @@
-"""The paper's Cascade Mask R-CNN and UperNet configs shrunk for CPU tests (tests/test_resume.py,
-tests/test_data_errors.py): an atto ConvNeXt at random init and 32-channel necks and heads, few proposals.
-Same model classes, losses, samplers and data flow; only widths and counts change."""
+"""Models for CPU tests. The paper's Cascade Mask R-CNN and UperNet configs shrunk (tests/test_resume.py,
+tests/test_data_errors.py): an atto ConvNeXt at random init and 32-channel necks and heads, few proposals;
+same model classes, losses, samplers and data flow, only widths and counts change. And ``randomize`` for the
+backbone's numerics tests."""
 import pytest
 import torch
 
 WIDTH = 32
 ATTO_DIMS = [40, 80, 160, 320]
+
+
+def randomize(model, seed=0):
+    """Non-trivial values for every parameter, norms and layer scale included, so numerics are really tested
+    (a fresh model's 1e-6 layer scale would hide each block's branch)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + (1.0 if param.dim() == 1 else 0.0))
+    return model
 
 
 def shrink_cascade(cfg, num_classes):
