@@ -21,6 +21,7 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
 
+from .demo import demo_config
 from .registry import HOST_LIBRARIES
 
 # (height, width) of the paper's detection FLOPs.
@@ -96,6 +97,22 @@ def load_config(path, cfg_options=None):
     cfg = Config.fromfile(path)
     apply_cfg_options(cfg, cfg_options)
     cfg.default_scope = task_scope(cfg)
+    return cfg
+
+
+def config_from_command_line(args):
+    """The config of ``tools/train.py`` or ``tools/test.py``, with what their command lines share applied, as
+    mmdet's tools do it: ``--demo``, ``--cfg-options``, ``--launcher`` and ``--work-dir`` (command line > config >
+    ./work_dirs/<config file name>)."""
+    cfg = load_config(args.config, None if args.demo else args.cfg_options)
+    if args.demo:  # the demo's settings first, so that --cfg-options can still change them
+        demo_config(cfg)
+        apply_cfg_options(cfg, args.cfg_options)
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     return cfg
 
 

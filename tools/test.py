@@ -17,8 +17,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from convnext_mm.data_checks import DataError, check_datasets
-from convnext_mm.demo import demo_config
-from convnext_mm.runtime import apply_cfg_options, fit_config_to_machine, init_distributed_on_cpu, load_config
+from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu
 
 
 def parse_args(argv=None):
@@ -52,15 +51,7 @@ def parse_args(argv=None):
 
 
 def build_config(args):
-    cfg = load_config(args.config, None if args.demo else args.cfg_options)
-    if args.demo:  # the demo's settings first, so that --cfg-options can still change them
-        demo_config(cfg)
-        apply_cfg_options(cfg, args.cfg_options)
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = config_from_command_line(args)
     cfg.load_from = args.checkpoint
 
     if args.show_dir:

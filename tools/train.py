@@ -10,7 +10,6 @@ from scratch on generated data in about ten minutes on a CPU (convnext_mm/demo.p
 """
 import argparse
 import os
-import os.path as osp
 import sys
 
 from mmengine.config import DictAction
@@ -19,9 +18,7 @@ from mmengine.runner import Runner
 
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.data_checks import DataError, check_datasets
-from convnext_mm.demo import demo_config
-from convnext_mm.runtime import (apply_cfg_options, cuda_available, fit_config_to_machine, init_distributed_on_cpu,
-                                 load_config)
+from convnext_mm.runtime import config_from_command_line, cuda_available, fit_config_to_machine, init_distributed_on_cpu
 
 
 def parse_args(argv=None):
@@ -63,20 +60,10 @@ def parse_args(argv=None):
 
 def build_config(args):
     """The config file with the command line applied, as mmdet's train.py does it."""
-    cfg = load_config(args.config, None if args.demo else args.cfg_options)
-    if args.demo:  # the demo's settings first, so that --cfg-options can still change them
-        demo_config(cfg)
-        apply_cfg_options(cfg, args.cfg_options)
-    cfg.launcher = args.launcher
+    cfg = config_from_command_line(args)
     # The random generators' state goes into each checkpoint, so --resume continues the same random draws.
     if not any(hook.get('type') == 'RandomStateHook' for hook in cfg.get('custom_hooks', [])):
         cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='RandomStateHook')]
-
-    # work_dir: command line > config > config file name
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
 
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
