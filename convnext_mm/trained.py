@@ -1,0 +1,97 @@
+"""Loading a trained detector or segmentor (a checkpoint of ``tools/train.py``) into the model of a config, for
+the tools that run or export it (``tools/infer.py``, ``tools/export_onnx.py``).
+
+mmengine's loader only warns about tensors that are missing, unexpected or of another shape, and leaves those
+parameters randomly initialized; a user would then get a model that predicts noise. Here every tensor must
+fit, and an error says which parts of the model differ and what to do.
+"""
+import torch
+
+from .checkpoint import CheckpointError, read_checkpoint
+from .demo_data import CLASSES as DEMO_CLASSES
+from .demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
+
+MAX_KEYS_SHOWN = 4
+MAX_CLASSES_SHOWN = 8
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that is not a trained model of the given config; the message says what differs."""
+
+
+def checkpoint_meta(checkpoint):
+    """The checkpoint's ``meta`` dict (mmengine stores ``dataset_meta`` and the config there), or {}."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def checkpoint_classes(checkpoint):
+    return tuple(checkpoint_meta(checkpoint).get('dataset_meta', {}).get('classes') or ())
+
+
+def model_state(checkpoint, path):
+    """The tensors of a checkpoint saved by mmengine (``state_dict``) or of a bare state dict, without the
+    ``module.`` prefix of a wrapped model (as mmengine's loader strips it)."""
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f'{path} holds no model weights (no state_dict of tensors): give a '
+                                      'checkpoint that tools/train.py saved')
+    return {key[len('module.'):] if key.startswith('module.') else key: value for key, value in state.items()}
+
+
+def check_fits(model, checkpoint, checkpoint_path, config_path):
+    """Raise :class:`CheckpointMismatchError` unless the checkpoint has every tensor of ``model``, with its
+    shape, and nothing else."""
+    state = model_state(checkpoint, checkpoint_path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    if not (missing or unexpected or reshaped):
+        return state
+    problems = []
+    if missing:
+        problems.append(f"the model's {_parts(missing)} are not in the checkpoint")
+    if unexpected:
+        problems.append(f"the checkpoint's {_parts(unexpected)} are not in the model")
+    if reshaped:
+        shown = ', '.join(f'{key} {tuple(state[key].shape)} in the checkpoint, {tuple(expected[key].shape)} in '
+                          'the model' for key in reshaped[:MAX_KEYS_SHOWN])
+        problems.append(f'{len(reshaped)} tensors differ in shape ({shown})')
+    raise CheckpointMismatchError(f'checkpoint {checkpoint_path} does not fit the model of {config_path}: '
+                                  f'{"; ".join(problems)}. {_fit_hint(checkpoint)}')
+
+
+def _parts(keys):
+    """'neck.*, rpn_head.* (123 tensors)': the top-level modules that ``keys`` belong to."""
+    modules = sorted({key.split('.')[0] for key in keys})
+    return f'{", ".join(m + ".*" for m in modules)} ({len(keys)} tensors)'
+
+
+def _fit_hint(checkpoint):
+    classes = checkpoint_classes(checkpoint)
+    if classes in (DEMO_CLASSES, DEMO_SEG_CLASSES):
+        return "The checkpoint holds the demo's classes: add --demo."
+    if classes:
+        more = ', ...' if len(classes) > MAX_CLASSES_SHOWN else ''
+        return (f'Give the config the checkpoint was trained with (it has {len(classes)} classes: '
+                f'{", ".join(classes[:MAX_CLASSES_SHOWN])}{more}).')
+    return 'Give the config the checkpoint was trained with.'
+
+
+def read_trained(path):
+    """The checkpoint at ``path``, read by convnext_mm's safe reader; a missing or corrupt file is a
+    ``CheckpointError`` that says so."""
+    try:
+        return read_checkpoint(path)
+    except OSError as error:  # torch.load's error for a truncated zip archive
+        raise CheckpointError(f'{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt: '
+                              f'download or save it again. Details: {error}') from error
+
+
+def load_trained(model, checkpoint_path, config_path):
+    """Read ``checkpoint_path`` (:func:`read_trained`), check that it fits ``model`` and load it; returns the
+    checkpoint (its ``meta`` has the class names)."""
+    checkpoint = read_trained(checkpoint_path)
+    model.load_state_dict(check_fits(model, checkpoint, checkpoint_path, config_path))
+    return checkpoint

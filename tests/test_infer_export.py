@@ -1,0 +1,276 @@
+"""From a checkpoint to pictures and to ONNX: tools/infer.py on a folder of generated images (and a video) with a
+detector and a segmentor, tools/export_onnx.py of the backbone, the UperNet segmentor and the detector up to its
+first NMS with onnxruntime parity, tools/plot_curves.py on a logged run, and each bad input's error.
+
+The paper's Cascade Mask R-CNN and UperNet configs, shrunk (tests/tiny_models.py): atto backbone, 32-channel
+heads, small images; random weights saved as a checkpoint of tools/train.py would be (state_dict and the
+classes in meta.dataset_meta), with ``randomize`` where numerics are compared (a fresh model's 1e-6 layer scale
+would hide each block's branch)."""
+import importlib.util
+import json
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+
+from convnext_mm.runtime import build_model, load_config
+from tiny_models import one_thread, randomize, shrink_cascade, shrink_upernet  # noqa: F401  (one_thread: a fixture)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
+UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
+DET_CLASSES = ('cat', 'dog', 'bird')
+SEG_CLASSES = ('sky', 'road', 'tree', 'car')
+IMAGE_SHAPES = [(64, 80), (72, 64), (64, 64)]  # (height, width): outputs keep each image's own size
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def with_test_resize(cfg, scale):
+    for transform in cfg.test_dataloader.dataset.pipeline:
+        if transform['type'] == 'Resize':
+            transform['scale'] = scale
+    return cfg
+
+
+def tiny_config(tmp_path, kind):
+    """(config file, config) of the shrunk cascade ('det') or UperNet ('seg'), testing at 64 pixels."""
+    if kind == 'det':
+        cfg = shrink_cascade(load_config(CASCADE_T), len(DET_CLASSES))
+        cfg.model.test_cfg.rcnn.score_thr = 0.0  # random weights: keep boxes to draw and save
+    else:
+        cfg = shrink_upernet(load_config(UPERNET_T), len(SEG_CLASSES))
+    with_test_resize(cfg, (64, 64))
+    path = str(tmp_path / f'tiny_{kind}.py')
+    cfg.dump(path)
+    return path, cfg
+
+
+def save_checkpoint(model, path, classes):
+    """A checkpoint as tools/train.py writes it: weights under state_dict, the classes in meta.dataset_meta."""
+    torch.save(dict(meta=dict(dataset_meta=dict(classes=classes)), state_dict=model.state_dict()), path)
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def det(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp('det')
+    config, cfg = tiny_config(tmp_path, 'det')
+    torch.manual_seed(0)
+    return config, save_checkpoint(build_model(cfg), tmp_path / 'det.pth', DET_CLASSES)
+
+
+@pytest.fixture(scope='module')
+def seg(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp('seg')
+    config, cfg = tiny_config(tmp_path, 'seg')
+    torch.manual_seed(0)
+    model = randomize(build_model(cfg))
+    return config, save_checkpoint(model, tmp_path / 'seg.pth', SEG_CLASSES), model
+
+
+def write_images(folder):
+    """A few images of different sizes with a bright rectangle on noise; returns their file names."""
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = []
+    for i, (height, width) in enumerate(IMAGE_SHAPES):
+        image = rng.integers(0, 90, (height, width, 3), dtype=np.uint8)
+        image[10:40, 12:44] = (40, 200, 230)
+        names.append(f'photo_{i}.jpg' if i != 1 else f'photo_{i}.png')
+        cv2.imwrite(osp.join(folder, names[-1]), image)
+    with open(osp.join(folder, 'notes.txt'), 'w') as stream:
+        stream.write('not an image: ignored in a folder')
+    return names
+
+
+def write_video(path, frames=3):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), 5, (80, 64))
+    for i in range(frames):
+        frame = np.full((64, 80, 3), 40 * i, dtype=np.uint8)
+        frame[20:50, 10 + 5 * i:40 + 5 * i] = 220
+        writer.write(frame)
+    writer.release()
+    return str(path)
+
+
+def test_infer_detection_on_a_folder_and_a_video(det, tmp_path, one_thread, capsys):
+    config, checkpoint = det
+    names = write_images(tmp_path / 'images')
+    video = write_video(tmp_path / 'clip.mp4')
+    out = tmp_path / 'out'
+    load_tool('infer').main([config, checkpoint, str(tmp_path / 'images'), video, '--out-dir', str(out),
+                             '--score-thr', '0.05'])
+    assert json.loads((out / 'classes.json').read_text()) == list(DET_CLASSES)
+    for name in names:
+        picture = cv2.imread(str(out / 'vis' / name))
+        original = cv2.imread(str(tmp_path / 'images' / name))
+        assert picture is not None and picture.shape == original.shape
+        assert not np.array_equal(picture, original)  # something was drawn
+        prediction = json.loads((out / 'preds' / (osp.splitext(name)[0] + '.json')).read_text())
+        count = len(prediction['scores'])
+        assert 0 < count <= 5  # the tiny config keeps at most 5 detections per image
+        assert len(prediction['labels']) == len(prediction['bboxes']) == len(prediction['masks']) == count
+        assert all(len(box) == 4 and box[0] <= box[2] and box[1] <= box[3] for box in prediction['bboxes'])
+        assert all(score >= 0.05 for score in prediction['scores'])
+        assert prediction['label_names'] == [DET_CLASSES[label] for label in prediction['labels']]
+    assert not (out / 'vis' / 'notes.txt').exists()
+    frames = sorted(os.listdir(out / 'preds' / 'clip'))
+    assert frames == ['000000.json', '000001.json', '000002.json']
+    assert cv2.VideoCapture(str(out / 'vis' / 'clip.mp4')).get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    assert f'Pictures in {out / "vis"}' in capsys.readouterr().out
+
+
+def test_infer_segmentation_on_a_folder(seg, tmp_path, one_thread):
+    config, checkpoint, _ = seg
+    names = write_images(tmp_path / 'images')
+    out = tmp_path / 'out'
+    load_tool('infer').main([config, checkpoint, str(tmp_path / 'images'), '--out-dir', str(out)])
+    assert json.loads((out / 'classes.json').read_text()) == list(SEG_CLASSES)
+    for name, shape in zip(names, IMAGE_SHAPES):
+        assert cv2.imread(str(out / 'vis' / name)).shape[:2] == shape
+        labels = cv2.imread(str(out / 'preds' / (osp.splitext(name)[0] + '.png')), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint8 and labels.shape == shape  # one class index a pixel, at the image size
+        assert labels.max() < len(SEG_CLASSES)
+
+
+@pytest.mark.parametrize('case', ['missing file', 'no images', 'unreadable image', 'not an image', 'other model',
+                                  'corrupt checkpoint'])
+def test_infer_bad_input_is_a_clear_error(case, det, seg, tmp_path, capsys):
+    config, checkpoint = det
+    inputs = tmp_path / 'images'
+    inputs.mkdir()
+    expected = {
+        'missing file': 'nothing.jpg does not exist',
+        'no images': 'holds no images',
+        'unreadable image': 'cannot read image',
+        'not an image': 'is neither an image',
+        'other model': 'does not fit the model of',
+        'corrupt checkpoint': 'could not be read as a PyTorch checkpoint',
+    }[case]
+    if case == 'missing file':
+        inputs = inputs / 'nothing.jpg'
+    elif case == 'unreadable image':
+        (inputs / 'broken.jpg').write_bytes(b'this is text, not a JPEG')
+    elif case == 'not an image':
+        inputs = inputs / 'notes.txt'
+        inputs.write_text('hello')
+    elif case == 'other model':
+        write_images(inputs)
+        checkpoint = seg[1]  # a segmentor's checkpoint given with the detector's config
+    elif case == 'corrupt checkpoint':
+        write_images(inputs)
+        checkpoint = str(tmp_path / 'truncated.pth')
+        with open(det[1], 'rb') as source, open(checkpoint, 'wb') as target:
+            target.write(source.read()[:5000])
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('infer').main([config, checkpoint, str(inputs), '--out-dir', str(tmp_path / 'out')])
+    message = str(exit_info.value.code)
+    assert message.startswith('error: ') and expected in message
+    if case == 'other model':  # names the parts that differ
+        assert 'decode_head.*' in message and 'roi_head.*' in message
+    elif case != 'corrupt checkpoint':
+        assert str(inputs if case != 'unreadable image' else inputs / 'broken.jpg') in message
+
+
+def test_infer_missing_checkpoint_is_a_usage_error(det, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('infer').main([det[0], str(tmp_path / 'nothing.pth'), str(tmp_path)])
+    assert exit_info.value.code == 2 and 'nothing.pth' in capsys.readouterr().err
+
+
+def onnx_outputs(path, x):
+    import onnxruntime
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    return session.run(None, {'input': x.numpy()})
+
+
+def assert_close_relative(onnx, reference, tolerance=1e-4):
+    reference = reference.detach().numpy()
+    assert onnx.shape == reference.shape
+    assert np.abs(onnx - reference).max() <= tolerance * np.abs(reference).max()
+
+
+def test_export_backbone_runs_in_onnxruntime_with_the_same_outputs(seg, tmp_path, capsys):
+    config, checkpoint, model = seg
+    out = tmp_path / 'backbone.onnx'
+    deviation = load_tool('export_onnx').main([config, checkpoint, '--out', str(out), '--backbone-only',
+                                               '--shape', '64', '96', '--dynamic'])
+    printed = capsys.readouterr().out
+    assert deviation <= 1e-4 and 'any height and width' in printed
+    assert printed.count('largest relative deviation') == 2  # the export size and another
+    x = torch.randn(3, 3, 96, 64)  # another batch size and image size than exported
+    with torch.no_grad():
+        expected = model.backbone(x)
+    outputs = onnx_outputs(out, x)
+    assert len(outputs) == 4
+    for onnx, reference in zip(outputs, expected):
+        assert_close_relative(onnx, reference)
+
+
+def test_export_segmentor_runs_in_onnxruntime_with_the_same_logits(seg, tmp_path, capsys):
+    config, checkpoint, model = seg
+    out = tmp_path / 'upernet.onnx'
+    load_tool('export_onnx').main([config, checkpoint, '--out', str(out), '--shape', '64', '96', '--dynamic'])
+    # UperNet's pyramid pooling exports for one size: the tool keeps height and width and says why.
+    assert 'height and width stay 64x96: decode_head.psp_modules' in capsys.readouterr().out
+    x = torch.randn(3, 3, 64, 96)  # another batch size than exported
+    with torch.no_grad():
+        expected = model.encode_decode(x, [dict(img_shape=(64, 96))])
+    (logits, ) = onnx_outputs(out, x)
+    assert logits.shape == (3, len(SEG_CLASSES), 64, 96)
+    assert_close_relative(logits, expected)
+
+
+def test_export_detector_up_to_its_first_nms(det, tmp_path, capsys):
+    config, checkpoint = det
+    out = tmp_path / 'cascade.onnx'
+    deviation = load_tool('export_onnx').main([config, checkpoint, '--out', str(out), '--shape', '64', '96'])
+    printed = capsys.readouterr().out
+    assert deviation <= 1e-4 and 'mmcv.ops.nms' in printed and 'mmcv.ops.RoIAlign' in printed
+    outputs = onnx_outputs(out, torch.randn(1, 3, 64, 96))
+    assert len(outputs) == 15  # 5 FPN levels, the RPN's scores and box deltas of each
+    assert outputs[0].shape == (1, 32, 16, 24) and outputs[4].shape == (1, 32, 1, 2)
+
+
+def test_export_refuses_a_checkpoint_of_another_model(det, seg, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('export_onnx').main([seg[0], det[1], '--out', str(tmp_path / 'x.onnx')])
+    assert str(exit_info.value.code).startswith('error: checkpoint') and 'does not fit' in str(exit_info.value.code)
+    assert not (tmp_path / 'x.onnx').exists()
+
+
+def write_scalars(run_dir, records):
+    os.makedirs(run_dir / 'vis_data')
+    with open(run_dir / 'vis_data' / 'scalars.json', 'w') as stream:
+        stream.writelines(json.dumps(record) + '\n' for record in records)
+
+
+def test_plot_curves_draws_a_resumed_run(tmp_path, capsys):
+    work_dir = tmp_path / 'work'
+    train = [dict(lr=1e-3 * i, loss=2.0 / i, loss_rpn_cls=0.5 / i, epoch=1 + (i > 4), iter=i, step=i)
+             for i in range(1, 9)]
+    # The first run logged 6 iterations and validated epoch 1, then was resumed from iteration 4.
+    write_scalars(work_dir / '20260101_000000', train[:6] + [{'coco/bbox_mAP': 0.1, 'step': 1}])
+    write_scalars(work_dir / '20260101_010000', train[4:] + [{'coco/bbox_mAP': 0.3, 'coco/bbox_mAP_50': 0.5,
+                                                             'step': 2}])
+    plot_curves = load_tool('plot_curves')
+    out = plot_curves.main([str(work_dir)])
+    assert out == str(work_dir / 'curves.png') and f'Curves written to {out}' in capsys.readouterr().out
+    picture = cv2.imread(out)
+    assert picture is not None and picture.shape[1] > 3 * picture.shape[0]  # three panels side by side
+    train_records, val_records = plot_curves.merge_runs(plot_curves.scalars_files(str(work_dir)))
+    assert [r['step'] for r in train_records] == list(range(1, 9))
+    assert [r['step'] for r in val_records] == [1, 2]
+    with pytest.raises(SystemExit) as exit_info:
+        plot_curves.main([str(work_dir), '--keys', 'mIoU'])
+    assert 'error: --keys mIoU' in str(exit_info.value.code) and 'coco/bbox_mAP' in str(exit_info.value.code)

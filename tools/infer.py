@@ -1,0 +1,280 @@
+"""Run a trained ConvNeXt detector or segmentor on your own images or videos, and save what it sees.
+
+    python tools/infer.py CONFIG CHECKPOINT INPUT... [--out-dir DIR] [--device cpu|cuda] [--score-thr T]
+        [--bf16] [--demo] [--cfg-options KEY=VALUE ...]
+
+INPUT is an image file, a folder of images (its files with an image extension, not its subfolders) or a video
+file; give as many as you like. The model runs through mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer``
+(the config's test pipeline, ``test_step``, the libraries' visualizers). Under ``--out-dir`` (default
+``outputs``) it writes, per image:
+
+- ``vis/NAME``: the image with the predictions drawn: boxes, masks, class names and scores at or above
+  ``--score-thr`` (detection), or the coloured classes over the image (segmentation);
+- ``preds/STEM.json`` (detection: ``labels``, ``label_names``, ``scores``, ``bboxes`` as x1 y1 x2 y2 pixels,
+  ``masks`` as COCO RLE; the detections at or above ``--score-thr``) or ``preds/STEM.png`` (segmentation: each
+  pixel's class index, 8-bit, 16-bit beyond 256 classes);
+- and once, ``classes.json``: the class names in label order.
+
+A video gives ``vis/STEM.mp4`` and ``preds/STEM/FRAME.json|png`` per frame. Class names (and colours) come from
+the checkpoint's metadata, which ``tools/train.py`` saves: the demo's classes for a demo checkpoint, COCO's or
+ADE20K's for a checkpoint without any. ``--demo`` reads a checkpoint of ``tools/train.py --demo``: demo mode's
+classes and image size, as ``tools/test.py --demo``. ``--bf16`` runs the model under bfloat16 autocast (the
+backbone's LayerNorms stay in fp32; mmcv's RoIAlign and NMS run in fp32).
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+import mmcv
+import numpy as np
+import torch
+from mmengine.config import DictAction
+from mmengine.utils import ProgressBar
+
+from convnext_mm.checkpoint import CheckpointError
+from convnext_mm.demo import demo_config
+from convnext_mm.runtime import apply_cfg_options, load_config
+from convnext_mm.trained import CheckpointMismatchError, check_fits, checkpoint_meta, read_trained
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
+SEG_OPACITY = 0.5  # the image stays visible under the classes' colours
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Run a trained detector or segmentor on images or videos')
+    parser.add_argument('config', help='config file the checkpoint was trained with')
+    parser.add_argument('checkpoint', help='checkpoint file (tools/train.py writes them into its work dir)')
+    parser.add_argument('inputs', nargs='+', metavar='INPUT', help='image file, folder of images, or video file')
+    parser.add_argument('--out-dir', default='outputs', help='where pictures and predictions go (default: outputs)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: draw and save the detections scoring at least this (default: 0.3)')
+    parser.add_argument('--bf16', action='store_true', help='run the model under bfloat16 autocast')
+    parser.add_argument('--demo', action='store_true',
+                        help='the checkpoint is from tools/train.py --demo: use demo mode\'s classes and image size')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.config):
+        parser.error(f'config {args.config!r} is not a file')
+    if not osp.isfile(args.checkpoint):
+        parser.error(f'checkpoint {args.checkpoint!r} is not a file')
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        parser.error(f'--device {args.device}: this machine has no CUDA GPU; use --device cpu')
+    if not 0 <= args.score_thr <= 1:
+        parser.error(f'--score-thr {args.score_thr}: a score threshold is between 0 and 1')
+    return args
+
+
+def error(message):
+    return SystemExit(f'error: {message}')
+
+
+def list_inputs(paths):
+    """[(name, path, is_video)] for the command line's inputs; each bad one is an error that names it."""
+    items = []
+    for path in paths:
+        if osp.isdir(path):
+            images = sorted(f for f in os.listdir(path)
+                            if f.lower().endswith(IMAGE_EXTENSIONS) and osp.isfile(osp.join(path, f)))
+            if not images:
+                raise error(f'folder {path} holds no images ({" ".join(IMAGE_EXTENSIONS)}; subfolders are not '
+                            'searched): put images there, or give the image or video files themselves')
+            items += [(name, osp.join(path, name), False) for name in images]
+        elif osp.isfile(path):
+            extension = osp.splitext(path)[1].lower()
+            if extension not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
+                raise error(f'{path} is neither an image ({" ".join(IMAGE_EXTENSIONS)}) nor a video '
+                            f'({" ".join(VIDEO_EXTENSIONS)}); rename it if its extension is wrong')
+            items.append((osp.basename(path), path, extension in VIDEO_EXTENSIONS))
+        else:
+            raise error(f'input {path} does not exist: give image files, folders of images or video files')
+    stems = {}
+    for name, path, _ in items:
+        stem = osp.splitext(name)[0]
+        if stem in stems:
+            raise error(f'{stems[stem]} and {path} would write the same output files ({stem}.*): rename one, or '
+                        'run them with separate --out-dir')
+        stems[stem] = path
+    return items
+
+
+def read_image(path):
+    """The image as BGR uint8 (as the config's LoadImageFromFile reads it); an unreadable file is an error."""
+    try:
+        image = mmcv.imread(path)
+    except Exception as exception:  # mmcv/OpenCV raise several types for broken files
+        image, reason = None, f' ({exception})'
+    else:
+        reason = ''
+    if image is None:
+        raise error(f'cannot read image {path}{reason}: the file is not an image OpenCV can decode (truncated, '
+                    'or another format); convert it to JPEG or PNG, or remove it from the input')
+    return image
+
+
+def open_video(path):
+    video = mmcv.VideoReader(path)
+    if not video.opened or video.frame_cnt == 0:
+        raise error(f'cannot read video {path}: OpenCV finds no frames in it; convert it to MP4 (H.264)')
+    return video
+
+
+def count_images(items):
+    return sum(open_video(path).frame_cnt if is_video else 1 for _, path, is_video in items)
+
+
+def checked_loading(inferencer_class, default_classes):
+    """``inferencer_class`` loading a checkpoint read by convnext_mm's safe reader, checked against the model
+    before the host library's loader sets the weights and class names (from the checkpoint's metadata)."""
+
+    class CheckedInferencer(inferencer_class):
+
+        def __init__(self, checkpoint, checkpoint_path, config_path, **kwargs):
+            self._checkpoint = (checkpoint, checkpoint_path, config_path)
+            super().__init__(weights=None, **kwargs)  # the checkpoint is read already: not again by mmengine
+            self.show_progress = False  # one progress bar over all inputs instead of one per call
+
+        def _load_weights_to_model(self, model, checkpoint, cfg):
+            checkpoint, checkpoint_path, config_path = self._checkpoint
+            try:
+                check_fits(model, checkpoint, checkpoint_path, config_path)
+            except CheckpointMismatchError as exception:
+                raise error(str(exception))
+            super()._load_weights_to_model(model, checkpoint, cfg)
+            if 'dataset_meta' not in checkpoint_meta(checkpoint):
+                default_classes(model)
+
+    return CheckedInferencer
+
+
+def coco_classes(model):
+    """mmdet's own fallback (COCO's classes) is already in place."""
+
+
+def ade20k_classes(model):
+    """ADE20K's classes for a segmentation checkpoint without metadata (mmseg would take Cityscapes')."""
+    from mmseg.utils import get_classes, get_palette
+    if model.decode_head.num_classes == len(get_classes('ade20k')):
+        model.dataset_meta = dict(classes=get_classes('ade20k'), palette=get_palette('ade20k'))
+    else:
+        count = model.decode_head.num_classes
+        model.dataset_meta = dict(classes=[f'class {i}' for i in range(count)], palette=random_palette(count))
+
+
+def random_palette(count):
+    return np.random.RandomState(42).randint(0, 255, size=(count, 3)).tolist()  # as mmseg's datasets make one
+
+
+def build_inferencer(cfg, args):
+    try:
+        checkpoint = read_trained(args.checkpoint)
+    except CheckpointError as exception:
+        raise error(str(exception))
+    if cfg.default_scope == 'mmdet':
+        from mmdet.apis import DetInferencer
+        inferencer_class = checked_loading(DetInferencer, coco_classes)
+    else:
+        from mmseg.apis import MMSegInferencer
+        inferencer_class = checked_loading(MMSegInferencer, ade20k_classes)
+    inferencer = inferencer_class(checkpoint, args.checkpoint, args.config, model=cfg, device=args.device,
+                                  scope=cfg.default_scope)
+    meta = inferencer.model.dataset_meta
+    if cfg.default_scope == 'mmseg' and len(meta.get('palette') or ()) != len(meta['classes']):
+        meta['palette'] = random_palette(len(meta['classes']))  # the visualizer needs one colour per class
+    return inferencer
+
+
+def detect(inferencer, image, score_thr):
+    """(prediction dict, picture) of one BGR image: mmdet's pipeline, test_step, pred2dict and visualizer."""
+    _, data = next(inferencer.preprocess([image]))
+    sample = inferencer.forward(data)[0]
+    sample.pred_instances = sample.pred_instances[sample.pred_instances.scores >= score_thr]
+    picture = inferencer.visualize([mmcv.bgr2rgb(image)], [sample], return_vis=True, pred_score_thr=score_thr)[0]
+    prediction = inferencer.pred2dict(sample)
+    classes = inferencer.model.dataset_meta['classes']
+    prediction['label_names'] = [classes[label] for label in prediction['labels']]
+    return prediction, picture
+
+
+def segment(inferencer, image):
+    """(label map, picture) of one BGR image: mmseg's pipeline, test_step and visualizer."""
+    data = next(inferencer.preprocess([image]))
+    sample = inferencer.forward(data)[0]
+    picture = inferencer.visualize([mmcv.bgr2rgb(image)], [sample], return_vis=True, opacity=SEG_OPACITY)[0]
+    labels = sample.pred_sem_seg.data[0].cpu().numpy()
+    return labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16), picture
+
+
+def frames(items):
+    """(output stem, picture name, BGR image, video path or None) for every image and video frame, in order."""
+    for name, path, is_video in items:
+        stem = osp.splitext(name)[0]
+        if not is_video:
+            yield stem, name, read_image(path), None
+            continue
+        for index, frame in enumerate(open_video(path)):
+            yield osp.join(stem, f'{index:06d}'), None, frame, path
+
+
+def run(inferencer, items, out_dir, score_thr, bf16, device):
+    task_is_detection = hasattr(inferencer, 'pred2dict')
+    os.makedirs(osp.join(out_dir, 'vis'), exist_ok=True)
+    with open(osp.join(out_dir, 'classes.json'), 'w') as stream:
+        json.dump(list(inferencer.model.dataset_meta['classes']), stream, indent=1)
+    bar = ProgressBar(count_images(items), file=sys.stdout)
+    videos = {}
+    try:
+        for stem, picture_name, image, video_path in frames(items):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                prediction, picture = (detect(inferencer, image, score_thr) if task_is_detection
+                                       else segment(inferencer, image))
+            save_prediction(prediction, osp.join(out_dir, 'preds', stem))
+            if video_path is None:
+                mmcv.imwrite(mmcv.rgb2bgr(picture), osp.join(out_dir, 'vis', picture_name))
+            else:
+                video_writer(videos, video_path, picture, out_dir).write(mmcv.rgb2bgr(picture))
+            bar.update()
+    finally:
+        for writer in videos.values():
+            writer.release()
+    sys.stdout.write('\n')
+
+
+def save_prediction(prediction, path_stem):
+    os.makedirs(osp.dirname(path_stem), exist_ok=True)
+    if isinstance(prediction, dict):
+        with open(path_stem + '.json', 'w') as stream:
+            json.dump(prediction, stream)
+    else:
+        mmcv.imwrite(prediction, path_stem + '.png')  # lossless; 16-bit PNG where needed
+
+
+def video_writer(videos, video_path, picture, out_dir):
+    """The mp4 writer of ``video_path``'s drawn frames, opened on its first frame."""
+    import cv2
+    if video_path not in videos:
+        out = osp.join(out_dir, 'vis', osp.splitext(osp.basename(video_path))[0] + '.mp4')
+        fps = mmcv.VideoReader(video_path).fps or 25
+        videos[video_path] = cv2.VideoWriter(out, cv2.VideoWriter_fourcc(*'mp4v'), fps,
+                                             (picture.shape[1], picture.shape[0]))
+    return videos[video_path]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    items = list_inputs(args.inputs)
+    cfg = load_config(args.config, None if args.demo else args.cfg_options)
+    if args.demo:
+        demo_config(cfg)  # first, so that --cfg-options can still change it (as tools/test.py)
+        apply_cfg_options(cfg, args.cfg_options)
+    inferencer = build_inferencer(cfg, args)
+    run(inferencer, items, args.out_dir, args.score_thr, args.bf16, args.device)
+    print(f'Pictures in {osp.join(args.out_dir, "vis")}, predictions in {osp.join(args.out_dir, "preds")}')
+    return args.out_dir
+
+
+if __name__ == '__main__':
+    main()
