@@ -66,7 +66,8 @@ def det(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp('det')
     config, cfg = tiny_config(tmp_path, 'det')
     torch.manual_seed(0)
-    return config, save_checkpoint(build_model(cfg), tmp_path / 'det.pth', DET_CLASSES)
+    model = build_model(cfg)
+    return config, save_checkpoint(model, tmp_path / 'det.pth', DET_CLASSES), model
 
 
 @pytest.fixture(scope='module')
@@ -104,7 +105,7 @@ def write_video(path, frames=3):
 
 
 def test_infer_detection_on_a_folder_and_a_video(det, tmp_path, one_thread, capsys):
-    config, checkpoint = det
+    config, checkpoint, _ = det
     names = write_images(tmp_path / 'images')
     video = write_video(tmp_path / 'clip.mp4')
     out = tmp_path / 'out'
@@ -128,13 +129,18 @@ def test_infer_detection_on_a_folder_and_a_video(det, tmp_path, one_thread, caps
     assert frames == ['000000.json', '000001.json', '000002.json']
     assert cv2.VideoCapture(str(out / 'vis' / 'clip.mp4')).get(cv2.CAP_PROP_FRAME_COUNT) == 3
     assert f'Pictures in {out / "vis"}' in capsys.readouterr().out
+    # bf16 autocast over the backbone and FPN; the heads and mmcv's ops stay fp32.
+    load_tool('infer').main([config, checkpoint, str(tmp_path / 'images' / names[0]), '--out-dir',
+                             str(tmp_path / 'bf16'), '--score-thr', '0.05', '--bf16'])
+    assert len(json.loads((tmp_path / 'bf16' / 'preds' / 'photo_0.json').read_text())['scores']) > 0
 
 
-def test_infer_segmentation_on_a_folder(seg, tmp_path, one_thread):
+@pytest.mark.parametrize('precision', [[], ['--bf16']], ids=['fp32', 'bf16'])
+def test_infer_segmentation_on_a_folder(precision, seg, tmp_path, one_thread):
     config, checkpoint, _ = seg
     names = write_images(tmp_path / 'images')
     out = tmp_path / 'out'
-    load_tool('infer').main([config, checkpoint, str(tmp_path / 'images'), '--out-dir', str(out)])
+    load_tool('infer').main([config, checkpoint, str(tmp_path / 'images'), '--out-dir', str(out), *precision])
     assert json.loads((out / 'classes.json').read_text()) == list(SEG_CLASSES)
     for name, shape in zip(names, IMAGE_SHAPES):
         assert cv2.imread(str(out / 'vis' / name)).shape[:2] == shape
@@ -146,7 +152,7 @@ def test_infer_segmentation_on_a_folder(seg, tmp_path, one_thread):
 @pytest.mark.parametrize('case', ['missing file', 'no images', 'unreadable image', 'not an image', 'other model',
                                   'corrupt checkpoint'])
 def test_infer_bad_input_is_a_clear_error(case, det, seg, tmp_path, capsys):
-    config, checkpoint = det
+    config, checkpoint, _ = det
     inputs = tmp_path / 'images'
     inputs.mkdir()
     expected = {
@@ -232,14 +238,30 @@ def test_export_segmentor_runs_in_onnxruntime_with_the_same_logits(seg, tmp_path
 
 
 def test_export_detector_up_to_its_first_nms(det, tmp_path, capsys):
-    config, checkpoint = det
+    """The file's features and RPN outputs, passed to the PyTorch heads (as docs/deployment.md shows), give the
+    detections of the whole PyTorch model."""
+    from mmdet.structures import DetDataSample
+    config, checkpoint, model = det
     out = tmp_path / 'cascade.onnx'
     deviation = load_tool('export_onnx').main([config, checkpoint, '--out', str(out), '--shape', '64', '96'])
     printed = capsys.readouterr().out
     assert deviation <= 1e-4 and 'mmcv.ops.nms' in printed and 'mmcv.ops.RoIAlign' in printed
-    outputs = onnx_outputs(out, torch.randn(1, 3, 64, 96))
+    x = torch.randn(1, 3, 64, 96)
+    outputs = [torch.from_numpy(o) for o in onnx_outputs(out, x)]
     assert len(outputs) == 15  # 5 FPN levels, the RPN's scores and box deltas of each
     assert outputs[0].shape == (1, 32, 16, 24) and outputs[4].shape == (1, 32, 1, 2)
+
+    meta = dict(img_shape=(64, 96), ori_shape=(64, 96), scale_factor=(1.0, 1.0), batch_input_shape=(64, 96))
+    samples = [DetDataSample(metainfo=meta)]
+    with torch.no_grad():
+        features, scores, deltas = outputs[:5], outputs[5:10], outputs[10:]
+        proposals = model.rpn_head.predict_by_feat(scores, deltas, batch_img_metas=[meta], rescale=False)
+        detections = model.roi_head.predict(features, proposals, samples, rescale=True)[0]
+        expected = model.predict(x, samples, rescale=True)[0].pred_instances
+    assert len(expected) > 0
+    torch.testing.assert_close(detections.bboxes, expected.bboxes, rtol=1e-4, atol=1e-3)
+    assert torch.equal(detections.labels, expected.labels)
+    assert (detections.masks != expected.masks).float().mean() < 0.01  # a pixel at the 0.5 threshold may flip
 
 
 def test_export_refuses_a_checkpoint_of_another_model(det, seg, tmp_path):

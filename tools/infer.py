@@ -18,8 +18,8 @@ file; give as many as you like. The model runs through mmdet's ``DetInferencer``
 A video gives ``vis/STEM.mp4`` and ``preds/STEM/FRAME.json|png`` per frame. Class names (and colours) come from
 the checkpoint's metadata, which ``tools/train.py`` saves: the demo's classes for a demo checkpoint, COCO's or
 ADE20K's for a checkpoint without any. ``--demo`` reads a checkpoint of ``tools/train.py --demo``: demo mode's
-classes and image size, as ``tools/test.py --demo``. ``--bf16`` runs the model under bfloat16 autocast (the
-backbone's LayerNorms stay in fp32; mmcv's RoIAlign and NMS run in fp32).
+classes and image size, as ``tools/test.py --demo``. ``--bf16`` runs the network under bfloat16 autocast: a
+segmentor whole, a detector's backbone and FPN (its heads stay fp32: mmcv's CPU NMS and RoIAlign take fp32 only).
 """
 import argparse
 import json
@@ -52,7 +52,8 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: draw and save the detections scoring at least this (default: 0.3)')
-    parser.add_argument('--bf16', action='store_true', help='run the model under bfloat16 autocast')
+    parser.add_argument('--bf16', action='store_true',
+                        help='bfloat16 autocast (segmentor: whole; detector: backbone and FPN)')
     parser.add_argument('--demo', action='store_true',
                         help='the checkpoint is from tools/train.py --demo: use demo mode\'s classes and image size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
@@ -187,6 +188,23 @@ def build_inferencer(cfg, args):
     return inferencer
 
 
+def run_in_bf16(model, device_type):
+    """bfloat16 autocast over the part of the model that takes it: a segmentor's backbone and heads
+    (``encode_decode``), a detector's backbone and FPN (``extract_feat``). The detector's heads stay in fp32:
+    mmcv's CPU kernels of NMS and RoIAlign take fp32 only."""
+    name = 'extract_feat' if hasattr(model, 'rpn_head') or hasattr(model, 'bbox_head') else 'encode_decode'
+    function = getattr(model, name)
+
+    def in_bf16(*args, **kwargs):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            outputs = function(*args, **kwargs)
+        if isinstance(outputs, torch.Tensor):
+            return outputs.float()
+        return type(outputs)(output.float() for output in outputs)
+
+    setattr(model, name, in_bf16)
+
+
 def detect(inferencer, image, score_thr):
     """(prediction dict, picture) of one BGR image: mmdet's pipeline, test_step, pred2dict and visualizer."""
     _, data = next(inferencer.preprocess([image]))
@@ -219,7 +237,7 @@ def frames(items):
             yield osp.join(stem, f'{index:06d}'), None, frame, path
 
 
-def run(inferencer, items, out_dir, score_thr, bf16, device):
+def run(inferencer, items, out_dir, score_thr):
     task_is_detection = hasattr(inferencer, 'pred2dict')
     os.makedirs(osp.join(out_dir, 'vis'), exist_ok=True)
     with open(osp.join(out_dir, 'classes.json'), 'w') as stream:
@@ -228,9 +246,8 @@ def run(inferencer, items, out_dir, score_thr, bf16, device):
     videos = {}
     try:
         for stem, picture_name, image, video_path in frames(items):
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-                prediction, picture = (detect(inferencer, image, score_thr) if task_is_detection
-                                       else segment(inferencer, image))
+            prediction, picture = (detect(inferencer, image, score_thr) if task_is_detection
+                                   else segment(inferencer, image))
             save_prediction(prediction, osp.join(out_dir, 'preds', stem))
             if video_path is None:
                 mmcv.imwrite(mmcv.rgb2bgr(picture), osp.join(out_dir, 'vis', picture_name))
@@ -271,7 +288,9 @@ def main(argv=None):
         demo_config(cfg)  # first, so that --cfg-options can still change it (as tools/test.py)
         apply_cfg_options(cfg, args.cfg_options)
     inferencer = build_inferencer(cfg, args)
-    run(inferencer, items, args.out_dir, args.score_thr, args.bf16, args.device)
+    if args.bf16:
+        run_in_bf16(inferencer.model, torch.device(args.device).type)
+    run(inferencer, items, args.out_dir, args.score_thr)
     print(f'Pictures in {osp.join(args.out_dir, "vis")}, predictions in {osp.join(args.out_dir, "preds")}')
     return args.out_dir
 
