@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 setup(
     name='convnext-mm',
-    version='0.1.0',
+    version='0.2.0',
     description='ConvNeXt backbone plugin for mmdetection 3.x and mmsegmentation 1.x',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

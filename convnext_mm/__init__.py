@@ -11,4 +11,4 @@ from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from . import resume  # noqa: F401  safe loading of mmengine checkpoints, atomic saves, RandomStateHook
 
 __all__ = ['ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor', 'convert_state_dict', 'load_pretrained']
-__version__ = '0.1.0'
+__version__ = '0.2.0'

@@ -1,9 +1,12 @@
 """The ConvNeXt backbone for mmdet and mmseg ("A ConvNet for the 2020s", Liu et al., CVPR 2022).
 
-Data path: image -> stem (4x4 stride-4 conv, LayerNorm) -> four stages (stages 1-3 begin with a LayerNorm and
-a 2x2 stride-2 conv) -> one channels-first LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
+Data path: image -> stem (``downsample_layers.0``: 4x4 stride-4 conv, LayerNorm) -> four stages of blocks, stages
+1-3 each after a downsample layer (``downsample_layers.1..3``: LayerNorm, 2x2 stride-2 conv) -> one channels-first
+LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
 The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
 """
+import warnings
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -11,6 +14,7 @@ import torch.utils.checkpoint as checkpoint
 from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
+from mmengine.model.weight_init import PretrainedInit
 
 from .checkpoint import load_pretrained
 from .registry import register_in_hosts
@@ -139,30 +143,31 @@ def onednn_linear_gelu(x, linear):
     return ONEDNN_LINEAR_POINTWISE(x, linear.weight, linear.bias, 'gelu', [], 'none')
 
 
-class ConvNeXtStage(nn.Module):
-    """A downsample layer (none in stage 0, where the stem downsamples) followed by ``depth`` blocks."""
+class ConvNeXtStage(nn.Sequential):
+    """The blocks of one stage (``stages.S.B``, as in the official code), each under gradient checkpointing
+    when ``with_cp`` is set and gradients are on."""
 
-    def __init__(self, in_dim, dim, depth, drop_path_rates, layer_scale_init_value=1e-6, use_grn=False,
-                 with_cp=False):
-        super().__init__()
-        if in_dim is None:
-            self.downsample = nn.Identity()
-        else:
-            self.downsample = nn.Sequential(
-                LayerNorm2d(in_dim, eps=NORM_EPS), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
-        self.blocks = nn.Sequential(*[
-            ConvNeXtBlock(dim, drop_path_rates[i], layer_scale_init_value, use_grn) for i in range(depth)
-        ])
+    def __init__(self, blocks, with_cp=False):
+        super().__init__(*blocks)
         self.with_cp = with_cp
 
     def forward(self, x):
-        x = self.downsample(x)
-        for block in self.blocks:
+        for block in self:
             if self.with_cp and torch.is_grad_enabled():
                 x = checkpoint.checkpoint(block, x, use_reentrant=False)
             else:
                 x = block(x)
         return x
+
+
+def stem_layer(in_channels, dim):
+    """``downsample_layers.0``: a 4x4 stride-4 conv ("patchify"), then a LayerNorm."""
+    return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=4, stride=4), LayerNorm2d(dim, eps=NORM_EPS))
+
+
+def downsample_layer(in_dim, dim):
+    """``downsample_layers.1..3``: a LayerNorm, then a 2x2 stride-2 conv."""
+    return nn.Sequential(LayerNorm2d(in_dim, eps=NORM_EPS), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
 
 
 def resolve_arch(arch):
@@ -198,9 +203,72 @@ def resolve_out_indices(out_indices):
     return tuple(sorted(resolved))
 
 
+# mmpretrain's ConvNeXt arguments (a config written for ``type='mmpretrain.ConvNeXt'`` passes them): the values
+# that build the paper's detection backbone, which is what this class is. Any other value is refused by name.
+MMPRETRAIN_PAPER_VALUES = dict(
+    gap_before_final_norm=False,  # True pools stage 3 to a vector, a classifier's input: no maps for a neck
+    linear_pw_conv=(True, False),  # a Linear or a 1x1 conv: the same function (1x1-conv files are reshaped)
+    norm_cfg=dict(type='LN2d', eps=NORM_EPS),
+    act_cfg=dict(type='GELU'),
+    stem_patch_size=4,  # the stride-4 first map that the necks' strides assume
+)
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
+
+
+def check_mmpretrain_args(**values):
+    """Refuse, by name and with what to write, an mmpretrain argument that would change the paper's model."""
+    for name, value in values.items():
+        allowed = MMPRETRAIN_PAPER_VALUES[name]
+        if value == allowed or (isinstance(allowed, tuple) and value in allowed):
+            continue
+        if name == 'gap_before_final_norm':
+            advice = ('it pools the last map into one vector per image, an image classifier\'s input; a detector or '
+                      'segmentor needs the feature maps. Write gap_before_final_norm=False or delete it')
+        else:
+            advice = (f'convnext_mm builds the paper\'s ConvNeXt, with {name}={allowed!r}. Delete {name} from the '
+                      'config (or write that value)')
+        raise ValueError(f'ConvNeXt: {name}={value!r} is not supported: {advice}.')
+
+
+def split_init_cfg(init_cfg, pretrained=None):
+    """``(pretrained_cfg, init_cfg)`` from mmengine's ``init_cfg`` (a dict or a list of dicts) and the old-style
+    ``pretrained=PATH`` argument: the one ``Pretrained`` entry, which :func:`load_pretrained` loads (checking
+    every key), and ``init_cfg`` with the ``Pretrained`` entry removed (for mmengine's initializers: theirs
+    would load the file with ``strict=False``, skipping every key that does not match with only a warning)."""
+    entries = [] if init_cfg is None else [init_cfg] if isinstance(init_cfg, dict) else list(init_cfg)
+    if not all(isinstance(entry, dict) and 'type' in entry for entry in entries):
+        raise ValueError(f'ConvNeXt: init_cfg must be a dict or a list of dicts with a type, got {init_cfg!r}')
+    pretrained_cfgs = [entry for entry in entries if entry['type'] in ('Pretrained', PretrainedInit)]
+    others = [entry for entry in entries if entry not in pretrained_cfgs]
+    if pretrained is not None:
+        if pretrained_cfgs:
+            raise ValueError(f'ConvNeXt: weights given twice, as pretrained={pretrained!r} and in init_cfg; '
+                             "keep init_cfg=dict(type='Pretrained', checkpoint=...) only")
+        warnings.warn('ConvNeXt: pretrained= is deprecated, as in mmdet and mmseg; use '
+                      "init_cfg=dict(type='Pretrained', checkpoint=...)", DeprecationWarning)
+        pretrained_cfgs = [dict(type='Pretrained', checkpoint=pretrained)]
+    if len(pretrained_cfgs) > 1:
+        raise ValueError(f'ConvNeXt: init_cfg has {len(pretrained_cfgs)} Pretrained entries; keep one')
+    if not pretrained_cfgs:
+        return None, init_cfg
+    pretrained_cfg = pretrained_cfgs[0]
+    unknown = sorted(set(pretrained_cfg) - set(PRETRAINED_KEYS))
+    if unknown:
+        raise ValueError(f'ConvNeXt: init_cfg of type Pretrained has unsupported keys {unknown}; supported are '
+                         f'{list(PRETRAINED_KEYS)}')
+    if not pretrained_cfg.get('checkpoint'):
+        raise ValueError("ConvNeXt: init_cfg of type 'Pretrained' needs checkpoint=PATH_OR_URL")
+    return pretrained_cfg, others or None
+
+
 @register_in_hosts('MODELS')
 class ConvNeXt(BaseModule):
     """ConvNeXt backbone emitting one LayerNorm-ed feature map per index in ``out_indices``.
+
+    The module tree and parameter names are the official release's: ``downsample_layers.0`` (the stem) and
+    ``downsample_layers.1..3``, ``stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn}``, ``norm0..3``. So official
+    files load as they are, and mmdet's and mmseg's own ``LearningRateDecayOptimizerConstructor`` give every
+    parameter the official layer id.
 
     Args:
         arch: a preset (atto, femto, pico, nano, tiny, small, base, large, xlarge, huge) or
@@ -209,7 +277,7 @@ class ConvNeXt(BaseModule):
         out_indices: stages whose outputs are returned (strides 4, 8, 16, 32 for 0..3).
         drop_path_rate: stochastic depth rate, rising linearly from 0 over all blocks to this value.
         layer_scale_init_value: initial layer scale; 0 disables layer scale. Ignored with ``use_grn``.
-        frozen_stages: k freezes stages 0..k-1 (stem or downsample layer, blocks and output norm of each):
+        frozen_stages: k freezes stages 0..k-1 (downsample layer, blocks and output norm of each):
             no gradient, eval mode after ``train()``. 0 (or -1, mmdet's convention) freezes nothing.
         with_cp: non-reentrant gradient checkpointing of each block, to save memory in training.
         use_grn: ConvNeXt V2 blocks (global response normalization after GELU, no layer scale).
@@ -217,8 +285,14 @@ class ConvNeXt(BaseModule):
             fails on dynamic channels_last shapes): each new input size compiles anew, for minutes on a CPU, and
             after torch._dynamo's recompile limit the backbone runs eagerly. A dict gives torch.compile's
             arguments (e.g. ``dict(mode='max-autotune')``). Not faster on a CPU: docs/benchmarks.md.
-        init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=PATH_OR_URL)`` loads the
-            official, timm, mmpretrain, ConvNeXt V2 or convnext_mm checkpoint layouts.
+        init_cfg: mmengine init config, a dict or a list of dicts. ``dict(type='Pretrained',
+            checkpoint=PATH_OR_URL[, prefix='backbone.'])`` loads the official, timm, mmpretrain, ConvNeXt V2
+            (also FCMAE) or convnext_mm checkpoint layouts, checking every key (:func:`load_pretrained`).
+        pretrained: the deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``
+            (mmseg's ``EncoderDecoder(pretrained=...)`` passes it).
+        gap_before_final_norm, linear_pw_conv, norm_cfg, act_cfg, stem_patch_size: mmpretrain's ConvNeXt
+            arguments, accepted so that its configs need no other edit; the values that build the paper's
+            backbone only (``MMPRETRAIN_PAPER_VALUES``), anything else is an error that says what to write.
     """
 
     def __init__(self,
@@ -231,8 +305,17 @@ class ConvNeXt(BaseModule):
                  with_cp=False,
                  use_grn=False,
                  compile=False,
-                 init_cfg=None):
-        if init_cfg is None:
+                 init_cfg=None,
+                 pretrained=None,
+                 gap_before_final_norm=False,
+                 linear_pw_conv=True,
+                 norm_cfg=MMPRETRAIN_PAPER_VALUES['norm_cfg'],
+                 act_cfg=MMPRETRAIN_PAPER_VALUES['act_cfg'],
+                 stem_patch_size=4):
+        check_mmpretrain_args(gap_before_final_norm=gap_before_final_norm, linear_pw_conv=linear_pw_conv,
+                              norm_cfg=norm_cfg, act_cfg=act_cfg, stem_patch_size=stem_patch_size)
+        self.pretrained_cfg, init_cfg = split_init_cfg(init_cfg, pretrained)
+        if init_cfg is None and self.pretrained_cfg is None:
             init_cfg = [dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.)]
         super().__init__(init_cfg=init_cfg)
         depths, dims = resolve_arch(arch)
@@ -249,21 +332,15 @@ class ConvNeXt(BaseModule):
         self.out_indices = resolve_out_indices(out_indices)
         self.frozen_stages = max(frozen_stages, 0)
 
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=NORM_EPS))
+        self.downsample_layers = nn.ModuleList([stem_layer(in_channels, dims[0])] + [
+            downsample_layer(dims[i - 1], dims[i]) for i in range(1, NUM_STAGES)])
         drop_path_rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = nn.ModuleList()
         for i in range(NUM_STAGES):
             first_block = sum(depths[:i])
-            self.stages.append(
-                ConvNeXtStage(
-                    in_dim=dims[i - 1] if i > 0 else None,
-                    dim=dims[i],
-                    depth=depths[i],
-                    drop_path_rates=drop_path_rates[first_block:first_block + depths[i]],
-                    layer_scale_init_value=layer_scale_init_value,
-                    use_grn=use_grn,
-                    with_cp=with_cp))
+            self.stages.append(ConvNeXtStage([
+                ConvNeXtBlock(dims[i], drop_path_rates[first_block + j], layer_scale_init_value, use_grn)
+                for j in range(depths[i])], with_cp=with_cp))
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=NORM_EPS))
         self._freeze_stages()
@@ -272,23 +349,22 @@ class ConvNeXt(BaseModule):
             self.compile(**{'dynamic': False, **(compile if isinstance(compile, dict) else {})})
 
     def init_weights(self):
-        if isinstance(self.init_cfg, dict) and self.init_cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in self.init_cfg:
-                raise ValueError("ConvNeXt: init_cfg of type 'Pretrained' needs checkpoint=PATH_OR_URL")
-            load_pretrained(self, self.init_cfg['checkpoint'], logger=MMLogger.get_current_instance())
-            self._is_init = True
-        else:
-            super().init_weights()
+        # mmengine's order: the other initializers, then the file; the file through load_pretrained, which checks
+        # every key, where mmengine's PretrainedInit would skip mismatched keys with a warning.
+        super().init_weights()
+        if self.pretrained_cfg is not None:
+            load_pretrained(self, self.pretrained_cfg['checkpoint'], prefix=self.pretrained_cfg.get('prefix'),
+                            logger=MMLogger.get_current_instance())
 
     def forward(self, x):
         self._check_input(x)
         # Every map stays channels_last (NHWC in memory; convs keep their input's layout): the permutes around
         # the norms and Linears become free views, and the 7x7 depthwise conv runs faster, its backward on the
         # CPU far faster (docs/benchmarks.md).
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
         outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
+        for i in range(NUM_STAGES):
+            x = self.stages[i](self.downsample_layers[i](x))
             if i in self.out_indices:
                 # Necks, heads and mmcv ops expect plain NCHW; this copy is small next to a stage.
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
@@ -300,9 +376,9 @@ class ConvNeXt(BaseModule):
         return self
 
     def _freeze_stages(self):
-        frozen = [self.stem] if self.frozen_stages > 0 else []
+        frozen = []
         for i in range(self.frozen_stages):
-            frozen.append(self.stages[i])
+            frozen += [self.downsample_layers[i], self.stages[i]]
             if i in self.out_indices:
                 frozen.append(getattr(self, f'norm{i}'))
         for module in frozen:

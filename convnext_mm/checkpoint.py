@@ -2,12 +2,16 @@
 
 Supported, detected from the file itself:
 - the official ConvNeXt / ConvNeXt V2 release: ``{'model': ...}``, ``downsample_layers.I.J.*``,
-  ``stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn.*}``, the classifier's ``norm.*`` and ``head.*``;
+  ``stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn.*}``, the classifier's ``norm.*`` and ``head.*``. These
+  are convnext_mm's own names, so only the classifier is left out;
+- ConvNeXt V2 FCMAE pre-training files (``encoder.*`` in sparse-convolution layout);
 - timm: ``stem.*``, ``stages.S.downsample.*``, ``stages.S.blocks.B.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}``;
 - mmpretrain: ``{'state_dict': ...}`` with ``backbone.``-prefixed keys, ``depthwise_conv``, ``pointwise_conv1/2``;
-- files saved by convnext_mm (a bare backbone state dict, or a whole detector/segmentor checkpoint).
+- files saved by convnext_mm (a bare backbone state dict, or a whole detector/segmentor checkpoint), including
+  those of versions before 0.2, whose names were timm's (``stem``, ``stages.S.downsample``, ``stages.S.blocks.B``).
 """
 import argparse
+import math
 import os
 import pickle
 import re
@@ -28,12 +32,13 @@ SAFE_GLOBALS = [
 # exit, which would also take them from every other loader (mmengine's resume) that relies on them.
 torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
-# (pattern, replacement) applied in order to each key, mapping every public layout onto convnext_mm's names.
+# (pattern, replacement) applied in order to each key, mapping every public layout onto the official names, which
+# are convnext_mm's own: downsample_layers.I.J, stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn}, norm0..3.
 KEY_RENAMES = [
-    (r'^downsample_layers\.0\.', 'stem.'),
-    (r'^downsample_layers\.(\d+)\.', r'stages.\1.downsample.'),
-    (r'^stages\.(\d+)\.(\d+)\.', r'stages.\1.blocks.\2.'),  # official and mmpretrain: no "blocks." level
-    (r'\.(depthwise_conv|conv_dw)\.', '.dwconv.'),
+    (r'^stem\.', 'downsample_layers.0.'),  # timm, and convnext_mm before 0.2
+    (r'^stages\.(\d+)\.downsample\.', r'downsample_layers.\1.'),
+    (r'^stages\.(\d+)\.blocks\.', r'stages.\1.'),
+    (r'\.(depthwise_conv|conv_dw)\.', '.dwconv.'),  # mmpretrain, timm
     (r'\.(pointwise_conv1|mlp\.fc1)\.', '.pwconv1.'),
     (r'\.(pointwise_conv2|mlp\.fc2)\.', '.pwconv2.'),
     (r'\.mlp\.grn\.weight$', '.grn.gamma'),  # timm's ConvNeXt V2
@@ -42,7 +47,9 @@ KEY_RENAMES = [
 # The image classifier of a classification checkpoint: official final norm and head, timm's head.
 CLASSIFIER_KEY = re.compile(r'^(norm|head|norm_pre)\.')
 OUTPUT_NORM_KEY = re.compile(r'^norm\d\.')
-BACKBONE_KEY = re.compile(r'^(stem|stages|norm\d)\.')
+BACKBONE_KEY = re.compile(r'^(downsample_layers|stages|norm\d)\.')
+# ConvNeXt V2's FCMAE pre-training files: the encoder in MinkowskiEngine's sparse layout.
+FCMAE_KEY = re.compile(r'^encoder\..*\.(kernel|ln\.weight|linear\.weight)$')
 MAX_KEYS_SHOWN = 6
 
 
@@ -92,20 +99,64 @@ def _unwrap(checkpoint):
     return checkpoint
 
 
-def convert_state_dict(checkpoint):
-    """Map any supported checkpoint layout onto convnext_mm's parameter names.
+def fcmae_to_dense(state_dict):
+    """The encoder of a ConvNeXt V2 FCMAE pre-training file (sparse convolutions) as a dense ConvNeXt V2 state dict,
+    by the official release's ``remap_checkpoint_keys`` (ConvNeXt-V2 ``utils.py``): a kernel of shape
+    (k*k, C) (depthwise) or (k*k, C_in, C_out) becomes a conv weight, ``.ln`` and ``.linear`` levels go, biases
+    and GRN parameters stored as (1, C) become (C,). The decoder and mask token are returned as ignored."""
+    dense, ignored = {}, []
+    for key, value in state_dict.items():
+        if not key.startswith('encoder.'):
+            ignored.append(key)
+            continue
+        key = key[len('encoder.'):]
+        if key.endswith('.kernel'):
+            key = key[:-len('kernel')] + 'weight'
+            size = math.isqrt(value.shape[0])
+            if value.dim() == 3:
+                _, in_dim, out_dim = value.shape
+                value = value.permute(2, 1, 0).reshape(out_dim, in_dim, size, size).transpose(3, 2)
+            else:
+                value = value.permute(1, 0).reshape(value.shape[1], 1, size, size).transpose(3, 2)
+        key = re.sub(r'\.(ln|linear)\.', '.', key)
+        if key.endswith('.bias') or '.grn.' in key:
+            value = value.reshape(-1)
+        dense[key] = value.contiguous()
+    return dense, ignored
 
-    Returns ``(state_dict, ignored)``: the backbone's tensors under our names, and the keys that belong to
-    no backbone (the classifier, or a detector's neck and heads), as named in the file.
+
+def select_prefix(state_dict, prefix):
+    """The tensors under ``prefix`` with it removed, as mmengine's ``Pretrained(prefix=...)`` does."""
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
+    selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not selected:
+        raise CheckpointError(
+            f"has no tensors under prefix={prefix!r} (its keys are like {_listing(list(state_dict)[:3])}). Delete "
+            "prefix from init_cfg: convnext_mm finds the backbone in a whole model's checkpoint by itself")
+    return selected
+
+
+def convert_state_dict(checkpoint, prefix=None):
+    """Map any supported checkpoint layout onto convnext_mm's (the official) parameter names.
+
+    ``prefix``: take only the tensors under it, as mmengine's ``Pretrained(prefix=...)``; without it, a whole
+    model's checkpoint (keys under ``backbone.``) gives its backbone. Returns ``(state_dict, ignored)``: the
+    backbone's tensors under our names, and the keys that belong to no backbone (the classifier, or a detector's
+    neck and heads), as named in the file.
     """
     state_dict = _unwrap(checkpoint)
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError('not a state dict: expected a mapping of parameter names to tensors, '
                               "possibly under 'state_dict' or 'model'")
     state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}  # DDP wrapping
+    ignored = []
+    if prefix:
+        state_dict = select_prefix(state_dict, prefix)
+    elif any(FCMAE_KEY.match(k) for k in state_dict):
+        state_dict, ignored = fcmae_to_dense(state_dict)
     # A whole model (mmpretrain classifier, mmdet detector, mmseg segmentor): keep only its backbone.
     has_backbone_prefix = any(k.startswith('backbone.') for k in state_dict)
-    converted, ignored = {}, []
+    converted = {}
     for key, value in state_dict.items():
         if has_backbone_prefix:
             if not key.startswith('backbone.'):
@@ -128,10 +179,10 @@ def convert_state_dict(checkpoint):
 
 def describe_arch(state_dict):
     """'depths=[..], dims=[..]' of a converted state dict, to say which model a file belongs to."""
-    depths = [len({m.group(1) for k in state_dict for m in [re.match(rf'stages\.{s}\.blocks\.(\d+)\.', k)] if m})
+    depths = [len({m.group(1) for k in state_dict for m in [re.match(rf'stages\.{s}\.(\d+)\.', k)] if m})
               for s in range(4)]
-    dims = [state_dict[f'stages.{s}.blocks.0.dwconv.weight'].shape[0]
-            if f'stages.{s}.blocks.0.dwconv.weight' in state_dict else '?' for s in range(4)]
+    dims = [state_dict[f'stages.{s}.0.dwconv.weight'].shape[0]
+            if f'stages.{s}.0.dwconv.weight' in state_dict else '?' for s in range(4)]
     return f'depths={depths}, dims={dims}'
 
 
@@ -141,15 +192,16 @@ def _listing(keys):
     return ', '.join(keys[:MAX_KEYS_SHOWN]) + more
 
 
-def load_pretrained(model, path_or_url, logger=None):
+def load_pretrained(model, path_or_url, prefix=None, logger=None):
     """Load a checkpoint of any supported layout into ``model`` (a ConvNeXt), checking every key and shape.
 
-    Only the output norms may be absent (a classification file has none); the classifier is ignored.
-    Anything else missing, unexpected or of another shape raises :class:`CheckpointError`.
+    Only whole output norms may be absent (a classification file has none); the classifier is ignored.
+    Anything else missing, unexpected or of another shape raises :class:`CheckpointError`. ``prefix``: see
+    :func:`convert_state_dict`.
     """
     name = str(path_or_url)
     try:
-        converted, ignored = convert_state_dict(read_checkpoint(path_or_url))
+        converted, ignored = convert_state_dict(read_checkpoint(path_or_url), prefix=prefix)
     except CheckpointError as error:
         if name in str(error):
             raise
@@ -161,7 +213,10 @@ def load_pretrained(model, path_or_url, logger=None):
     # Output norms of stages the model does not output (e.g. mmpretrain's norm3) are not an error.
     unused_norms = [k for k in converted if OUTPUT_NORM_KEY.match(k) and k not in expected]
     unexpected = [k for k in converted if k not in expected and k not in unused_norms]
-    missing = [k for k in expected if k not in converted and not OUTPUT_NORM_KEY.match(k)]
+    # An output norm is absent as a whole (kept at its init), or loaded as a whole.
+    norms_in_file = {k.split('.')[0] for k in converted if OUTPUT_NORM_KEY.match(k)}
+    missing = [k for k in expected if k not in converted and (
+        not OUTPUT_NORM_KEY.match(k) or k.split('.')[0] in norms_in_file)]
     mismatched = [f'{k} {tuple(v.shape)} in file vs {tuple(expected[k].shape)} in model'
                   for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
     if unexpected or missing or mismatched:

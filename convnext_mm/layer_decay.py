@@ -3,9 +3,9 @@
 The paper's detection and segmentation results were tuned with these rules, so they are kept exactly:
 with ``L = num_layers + 2``, a parameter of layer id ``i`` gets ``lr = base_lr * decay_rate ** (L - i - 1)``.
 
-- ``layer_wise``: stem -> 0; stage 0 blocks -> 1; stage 1 (downsample and blocks) -> 2; stage 2 downsample -> 3;
-  stage 2 block b -> 3 + b // 3; stage 3 (downsample and blocks) -> num_layers; everything else (output norms,
-  neck, heads) -> num_layers + 1.
+- ``layer_wise``: stem (``downsample_layers.0``) -> 0; stage 0 blocks -> 1; stage 1 (downsample layer and blocks)
+  -> 2; stage 2 downsample layer -> 3; stage 2 block b -> 3 + b // 3; stage 3 (downsample layer and blocks) ->
+  num_layers; everything else (output norms, neck, heads) -> num_layers + 1.
 - ``stage_wise``: stem and every downsample layer -> 0; stage s blocks -> s + 1; everything else -> L - 1.
   The head's id grows with num_layers while the stages' ids do not, so num_layers=12 decays the four stages
   harder than num_layers=6. The official segmentation configs rely on that.
@@ -41,18 +41,16 @@ def min_num_layers(decay_type, depths):
 
 
 def convnext_layer_id(name, decay_type, num_layers):
-    """Layer id of a backbone parameter, ``name`` relative to the backbone (``stages.2.blocks.7.pwconv1.weight``)."""
+    """Layer id of a backbone parameter, ``name`` relative to the backbone (``stages.2.7.pwconv1.weight``): the
+    official release's rules on its parameter names, which are convnext_mm's (and which mmdet's and mmseg's own
+    LearningRateDecayOptimizerConstructor parse the same way)."""
     parts = name.split('.')
-    if parts[0] == 'stem':
-        return 0
-    if parts[0] != 'stages':
-        return num_layers + 1  # norm0..norm3
-    stage, is_downsample = int(parts[1]), parts[2] == 'downsample'
-    if decay_type == 'stage_wise':
-        return 0 if is_downsample else stage + 1
-    if stage == 2:
-        return 3 if is_downsample else 3 + int(parts[3]) // 3
-    return (1, 2, None, num_layers)[stage]  # stage 0 has no downsample parameters
+    if parts[0] == 'downsample_layers':  # 0 is the stem
+        return 0 if decay_type == 'stage_wise' else (0, 2, 3, num_layers)[int(parts[1])]
+    if parts[0] == 'stages':
+        stage, block = int(parts[1]), int(parts[2])
+        return stage + 1 if decay_type == 'stage_wise' else (1, 2, 3 + block // 3, num_layers)[stage]
+    return num_layers + 1  # norm0..norm3
 
 
 def find_convnext(model):

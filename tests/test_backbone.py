@@ -23,14 +23,14 @@ def reference_convnext(x, params, depths, out_indices, use_grn=False):
     outs = []
     for stage in range(4):
         if stage == 0:
-            x = F.conv2d(x, params['stem.0.weight'], params['stem.0.bias'], stride=4)
-            x = channels_first_norm(x, 'stem.1')
+            x = F.conv2d(x, params['downsample_layers.0.0.weight'], params['downsample_layers.0.0.bias'], stride=4)
+            x = channels_first_norm(x, 'downsample_layers.0.1')
         else:
-            x = channels_first_norm(x, f'stages.{stage}.downsample.0')
-            x = F.conv2d(x, params[f'stages.{stage}.downsample.1.weight'],
-                         params[f'stages.{stage}.downsample.1.bias'], stride=2)
+            x = channels_first_norm(x, f'downsample_layers.{stage}.0')
+            x = F.conv2d(x, params[f'downsample_layers.{stage}.1.weight'],
+                         params[f'downsample_layers.{stage}.1.bias'], stride=2)
         for block in range(depths[stage]):
-            p = f'stages.{stage}.blocks.{block}.'
+            p = f'stages.{stage}.{block}.'
             shortcut = x
             y = F.conv2d(x, params[p + 'dwconv.weight'], params[p + 'dwconv.bias'], padding=3, groups=x.shape[1])
             y = y.permute(0, 2, 3, 1)
@@ -73,10 +73,10 @@ def test_matches_the_plain_functional_convnext(use_grn):
 
 def test_v2_blocks_have_grn_and_no_layer_scale():
     keys = ConvNeXt(arch='atto', use_grn=True).state_dict().keys()
-    assert 'stages.0.blocks.0.grn.gamma' in keys and 'stages.0.blocks.0.grn.beta' in keys
+    assert 'stages.0.0.grn.gamma' in keys and 'stages.0.0.grn.beta' in keys
     assert not any(k.endswith('.gamma') and '.grn.' not in k for k in keys)
     v1_keys = ConvNeXt(arch='atto').state_dict().keys()
-    assert 'stages.0.blocks.0.gamma' in v1_keys and not any('.grn.' in k for k in v1_keys)
+    assert 'stages.0.0.gamma' in v1_keys and not any('.grn.' in k for k in v1_keys)
 
 
 def test_out_indices_subset_and_negative():
@@ -99,24 +99,24 @@ def test_builds_from_config_in_both_registries(library):
 def test_default_init_is_truncated_normal_with_zero_bias():
     model = ConvNeXt(arch='atto')
     model.init_weights()
-    weight = model.stages[2].blocks[0].pwconv1.weight
+    weight = model.stages[2][0].pwconv1.weight
     # As the official code: std 0.02, truncated at +-2 (absolute, so in effect untruncated).
     assert abs(weight.std().item() - 0.02) < 0.002 and abs(weight.mean().item()) < 0.002
-    assert torch.all(model.stages[2].blocks[0].pwconv1.bias == 0)
-    torch.testing.assert_close(model.stages[0].blocks[0].gamma, torch.full((40, ), 1e-6))
+    assert torch.all(model.stages[2][0].pwconv1.bias == 0)
+    torch.testing.assert_close(model.stages[0][0].gamma, torch.full((40, ), 1e-6))
 
 
 def test_layer_scale_init_value():
     model = ConvNeXt(arch=TINY_ARCH, layer_scale_init_value=1.0)
-    assert torch.all(model.stages[3].blocks[0].gamma == 1.0)
-    assert ConvNeXt(arch=TINY_ARCH, layer_scale_init_value=0).stages[3].blocks[0].gamma is None
+    assert torch.all(model.stages[3][0].gamma == 1.0)
+    assert ConvNeXt(arch=TINY_ARCH, layer_scale_init_value=0).stages[3][0].gamma is None
 
 
 @pytest.mark.parametrize('frozen_stages', [1, 2, 3])
 def test_frozen_stages_get_no_gradient_and_stay_in_eval(frozen_stages):
     model = ConvNeXt(arch=TINY_ARCH, frozen_stages=frozen_stages, drop_path_rate=0.3)
     model.train()
-    frozen = [model.stem] + [model.stages[i] for i in range(frozen_stages)] + \
+    frozen = [model.downsample_layers[0]] + [model.stages[i] for i in range(frozen_stages)] + \
         [getattr(model, f'norm{i}') for i in range(frozen_stages)]
     trainable = [model.stages[i] for i in range(frozen_stages, 4)] + \
         [getattr(model, f'norm{i}') for i in range(frozen_stages, 4)]
@@ -132,7 +132,7 @@ def test_frozen_stages_get_no_gradient_and_stay_in_eval(frozen_stages):
 def test_all_four_stages_frozen_leaves_nothing_trainable():
     model = ConvNeXt(arch=TINY_ARCH, frozen_stages=4).train()
     assert not any(p.requires_grad for p in model.parameters())
-    parts = [model.stem, *model.stages, *(getattr(model, f'norm{i}') for i in range(4))]
+    parts = [model.downsample_layers[0], *model.stages, *(getattr(model, f'norm{i}') for i in range(4))]
     assert not any(m.training for part in parts for m in part.modules())
 
 

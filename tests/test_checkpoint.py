@@ -15,12 +15,8 @@ V2_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
 
 
 def make_source(use_grn=False):
-    """A trained-looking backbone whose output norms are at their init, as a classification file leaves them."""
-    model = randomize(ConvNeXt(arch=TINY_ARCH, use_grn=use_grn))
-    fresh = ConvNeXt(arch=TINY_ARCH, use_grn=use_grn)
-    for i in range(4):
-        getattr(model, f'norm{i}').load_state_dict(getattr(fresh, f'norm{i}').state_dict())
-    return model
+    """A trained-looking backbone: every tensor random, the output norms too (so loading them is checked)."""
+    return randomize(ConvNeXt(arch=TINY_ARCH, use_grn=use_grn))
 
 
 def backbone_tensors(model):
@@ -32,39 +28,87 @@ def classifier(dim=64, classes=10):
             'head.weight': torch.randn(classes, dim), 'head.bias': torch.zeros(classes)}
 
 
+# Each public layout's names, written out from the real files (a block's tensors; "{s}", "{b}", "{j}": stage, block,
+# layer within a downsample layer). Each maps the official name (ours) to the layout's.
+BLOCK_TENSORS = ['gamma', 'dwconv.weight', 'dwconv.bias', 'norm.weight', 'norm.bias', 'pwconv1.weight', 'pwconv1.bias',
+                 'pwconv2.weight', 'pwconv2.bias']
+V2_BLOCK_TENSORS = ['dwconv.weight', 'dwconv.bias', 'norm.weight', 'norm.bias', 'pwconv1.weight', 'pwconv1.bias',
+                    'grn.gamma', 'grn.beta', 'pwconv2.weight', 'pwconv2.bias']
+TIMM_BLOCK = {'gamma': 'gamma', 'dwconv': 'conv_dw', 'norm': 'norm', 'pwconv1': 'mlp.fc1', 'pwconv2': 'mlp.fc2',
+              'grn.gamma': 'mlp.grn.weight', 'grn.beta': 'mlp.grn.bias'}
+MMPRETRAIN_BLOCK = {'gamma': 'gamma', 'dwconv': 'depthwise_conv', 'norm': 'norm', 'pwconv1': 'pointwise_conv1',
+                    'pwconv2': 'pointwise_conv2', 'grn.gamma': 'grn.gamma', 'grn.beta': 'grn.beta'}
+
+
+def renamed(official_key, layout):
+    """``official_key`` in ``layout`` ('official', 'timm', 'mmpretrain', 'convnext_mm 0.1')."""
+    parts = official_key.split('.')
+    if parts[0] == 'downsample_layers':
+        i, rest = int(parts[1]), '.'.join(parts[2:])
+        if layout in ('timm', 'convnext_mm 0.1'):
+            return f'stem.{rest}' if i == 0 else f'stages.{i}.downsample.{rest}'
+        return official_key
+    stage, block, tensor = parts[1], parts[2], '.'.join(parts[3:])
+    module, _, param = tensor.rpartition('.')
+    if tensor in ('gamma', 'grn.gamma', 'grn.beta'):
+        module, param = tensor, None
+    name = {'timm': TIMM_BLOCK, 'mmpretrain': MMPRETRAIN_BLOCK}.get(layout, {m: m for m in TIMM_BLOCK})[module]
+    name = name if param is None else f'{name}.{param}'
+    if layout in ('timm', 'convnext_mm 0.1'):
+        return f'stages.{stage}.blocks.{block}.{name}'
+    return f'stages.{stage}.{block}.{name}'
+
+
+def official_tiny_keys():
+    """The backbone tensors of the official convnext_tiny_1k_224.pth, by their names there."""
+    keys = [f'downsample_layers.0.{j}.{p}' for j in (0, 1) for p in ('weight', 'bias')]
+    keys += [f'downsample_layers.{i}.{j}.{p}' for i in (1, 2, 3) for j in (0, 1) for p in ('weight', 'bias')]
+    keys += [f'stages.{s}.{b}.{t}' for s, depth in enumerate([3, 3, 9, 3]) for b in range(depth) for t in BLOCK_TENSORS]
+    return keys
+
+
+def test_our_parameter_names_are_the_official_ones():
+    model = ConvNeXt(arch='tiny')
+    assert sorted(backbone_tensors(model)) == sorted(official_tiny_keys())
+    assert len(official_tiny_keys()) == 16 + 18 * 9
+    v2 = ConvNeXt(arch=V2_ARCH, use_grn=True)
+    assert sorted(backbone_tensors(v2)) == sorted(
+        [k for k in (f'downsample_layers.{i}.{j}.{p}' for i in range(4) for j in (0, 1) for p in ('weight', 'bias'))]
+        + [f'stages.{s}.{b}.{t}' for s, depth in enumerate(V2_ARCH['depths']) for b in range(depth)
+           for t in V2_BLOCK_TENSORS])
+
+
+def test_layout_names_are_the_real_files_names():
+    """The test layouts below, on ConvNeXt-T, give the key names of the real files (a few written out)."""
+    keys = official_tiny_keys()
+    timm = {renamed(k, 'timm') for k in keys}
+    assert {'stem.0.weight', 'stem.1.bias', 'stages.1.downsample.0.weight', 'stages.3.downsample.1.bias',
+            'stages.2.blocks.8.conv_dw.weight', 'stages.0.blocks.0.mlp.fc1.weight', 'stages.3.blocks.2.mlp.fc2.bias',
+            'stages.1.blocks.2.gamma', 'stages.0.blocks.1.norm.weight'} <= timm
+    mmpretrain = {renamed(k, 'mmpretrain') for k in keys}
+    assert {'downsample_layers.0.0.weight', 'downsample_layers.3.1.bias', 'stages.2.8.depthwise_conv.weight',
+            'stages.0.0.pointwise_conv1.weight', 'stages.3.2.pointwise_conv2.bias', 'stages.1.2.gamma'} <= mmpretrain
+    assert len(timm) == len(mmpretrain) == len(keys)
+
+
 def official_layout(model):
-    """The facebookresearch/ConvNeXt release: {'model': ...}, downsample_layers.I.J, stages.S.B.*."""
+    """The facebookresearch/ConvNeXt release: {'model': ...}, downsample_layers.I.J, stages.S.B.*, classifier."""
     out = {}
     for key, value in backbone_tensors(model).items():
-        key = re.sub(r'^stem\.', 'downsample_layers.0.', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.', r'downsample_layers.\1.', key)
-        key = re.sub(r'^stages\.(\d)\.blocks\.', r'stages.\1.', key)
         if key.endswith(('grn.gamma', 'grn.beta')):
             value = value.reshape(1, 1, 1, -1)  # ConvNeXt V2's shape
-        out[key] = value
+        out[renamed(key, 'official')] = value
     return {'model': {**out, **classifier()}}
 
 
 def timm_layout(model):
-    out = {}
-    for key, value in backbone_tensors(model).items():
-        key = key.replace('.dwconv.', '.conv_dw.').replace('.pwconv1.', '.mlp.fc1.')
-        key = key.replace('.pwconv2.', '.mlp.fc2.')
-        key = key.replace('.grn.gamma', '.mlp.grn.weight').replace('.grn.beta', '.mlp.grn.bias')
-        out[key] = value
+    out = {renamed(key, 'timm'): value for key, value in backbone_tensors(model).items()}
     return {**out, 'head.norm.weight': torch.ones(64), 'head.norm.bias': torch.zeros(64),
             'head.fc.weight': torch.randn(10, 64), 'head.fc.bias': torch.zeros(10)}
 
 
 def mmpretrain_layout(model):
-    out = {}
-    for key, value in backbone_tensors(model).items():
-        key = re.sub(r'^stem\.', 'downsample_layers.0.', key)
-        key = re.sub(r'^stages\.(\d)\.downsample\.', r'downsample_layers.\1.', key)
-        key = re.sub(r'^stages\.(\d)\.blocks\.', r'stages.\1.', key)
-        key = key.replace('.dwconv.', '.depthwise_conv.').replace('.pwconv1.', '.pointwise_conv1.')
-        key = key.replace('.pwconv2.', '.pointwise_conv2.')
-        out['backbone.' + key] = value
+    out = {'backbone.' + renamed(key, 'mmpretrain'): value for key, value in backbone_tensors(model).items()}
     # mmpretrain's classifier keeps its final norm as backbone.norm3 (trained, so it is loaded).
     out['backbone.norm3.weight'] = model.norm3.weight.detach().clone()
     out['backbone.norm3.bias'] = model.norm3.bias.detach().clone()
@@ -72,8 +116,49 @@ def mmpretrain_layout(model):
     return {'meta': {'epoch': np.int64(300), 'mean': np.array([123.675, 116.28, 103.53])}, 'state_dict': out}
 
 
+def mmpretrain_conv_layout(model):
+    """mmpretrain with ``linear_pw_conv=False``: the pointwise layers are 1x1 convolutions."""
+    checkpoint = mmpretrain_layout(model)
+    checkpoint['state_dict'] = {k: v[:, :, None, None] if re.search(r'pointwise_conv\d\.weight$', k) else v
+                                for k, v in checkpoint['state_dict'].items()}
+    return checkpoint
+
+
+def fcmae_layout(model):
+    """A ConvNeXt V2 FCMAE pre-training file: the encoder in MinkowskiEngine's layout, as the inverse of the
+    official ConvNeXt-V2 ``remap_checkpoint_keys`` (the stem is a dense conv there, too), and a decoder."""
+    out = {}
+    for key, value in backbone_tensors(model).items():
+        parts = key.split('.')
+        if key.startswith('downsample_layers.0.'):
+            pass
+        elif key.endswith('dwconv.weight'):  # (C, 1, k, k) -> (k*k, C)
+            key, value = key[:-len('weight')] + 'kernel', value.transpose(3, 2).reshape(value.shape[0], -1).t()
+        elif key.startswith('downsample_layers.') and parts[2] == '1' and parts[3] == 'weight':
+            out_dim, in_dim, k, _ = value.shape  # (C_out, C_in, k, k) -> (k*k, C_in, C_out)
+            key, value = key[:-len('weight')] + 'kernel', value.transpose(3, 2).reshape(out_dim, in_dim, k * k).permute(
+                2, 1, 0)
+        elif re.search(r'(\.norm|^downsample_layers\.\d\.0)\.(weight|bias)$', key):
+            key = key.rsplit('.', 1)[0] + '.ln.' + key.rsplit('.', 1)[1]
+        elif re.search(r'\.pwconv\d\.(weight|bias)$', key):
+            key = key.rsplit('.', 1)[0] + '.linear.' + key.rsplit('.', 1)[1]
+        # Sparse convolutions and GRN keep (1, C); MinkowskiLinear and MinkowskiLayerNorm wrap torch's (C,).
+        if re.search(r'(\.dwconv\.bias|^downsample_layers\.[123]\.1\.bias|\.grn\.\w+)$', key):
+            value = value.reshape(1, -1)
+        out['encoder.' + key] = value.clone()
+    out['mask_token'] = torch.zeros(1, 64, 1, 1)
+    out['decoder.0.weight'] = torch.randn(4, 64)
+    return {'model': out}
+
+
 def own_backbone_file(model):
     return model.state_dict()
+
+
+def own_file_before_0_2(model):
+    """A backbone saved by convnext_mm 0.1, whose names were timm's (stem, stages.S.downsample, stages.S.blocks.B)."""
+    return {renamed(k, 'convnext_mm 0.1') if not re.match(r'norm\d\.', k) else k: v
+            for k, v in model.state_dict().items()}
 
 
 def own_detector_checkpoint(model):
@@ -82,7 +167,21 @@ def own_detector_checkpoint(model):
     return {'meta': {'iter': np.int64(10), 'seed': np.int32(0)}, 'state_dict': state}
 
 
-LAYOUTS = [official_layout, timm_layout, mmpretrain_layout, own_backbone_file, own_detector_checkpoint]
+def ddp_detector_checkpoint(model):
+    """A detector saved from inside DistributedDataParallel: every key under ``module.``."""
+    checkpoint = own_detector_checkpoint(model)
+    checkpoint['state_dict'] = {'module.' + k: v for k, v in checkpoint['state_dict'].items()}
+    return checkpoint
+
+
+def ddp_module_file(model):
+    return {'module': own_backbone_file(model)}
+
+
+# Each layout and the output norms its files hold (a classification file has none; mmpretrain's keeps norm3).
+LAYOUTS = {official_layout: (), timm_layout: (), mmpretrain_layout: (3, ), mmpretrain_conv_layout: (3, ),
+           own_backbone_file: (0, 1, 2, 3), own_file_before_0_2: (0, 1, 2, 3), own_detector_checkpoint: (0, 1, 2, 3),
+           ddp_detector_checkpoint: (0, 1, 2, 3), ddp_module_file: (0, 1, 2, 3)}
 
 
 def build_pretrained(path, **kwargs):
@@ -91,17 +190,45 @@ def build_pretrained(path, **kwargs):
     return model.eval()
 
 
+def assert_loaded(loaded, source, norms_in_file, norm_init=(1.0, 0.0)):
+    """Every tensor of ``loaded`` is the source's, but output norms the file lacks, which keep their init
+    (weight, bias)."""
+    for key, value in loaded.state_dict().items():
+        match = re.match(r'norm(\d)\.(weight|bias)', key)
+        if match and int(match.group(1)) not in norms_in_file:
+            expected = torch.full_like(value, norm_init[0] if match.group(2) == 'weight' else norm_init[1])
+        else:
+            expected = source.state_dict()[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=key)
+
+
 @pytest.mark.parametrize('use_grn', [False, True], ids=['v1', 'v2'])
-@pytest.mark.parametrize('layout', LAYOUTS, ids=lambda f: f.__name__)
-def test_every_layout_reproduces_the_outputs(tmp_path, layout, use_grn):
+@pytest.mark.parametrize('layout', list(LAYOUTS), ids=lambda f: f.__name__)
+def test_every_layout_loads_every_tensor(tmp_path, layout, use_grn):
     source = make_source(use_grn).eval()
     path = tmp_path / 'weights.pth'
     torch.save(layout(source), path)
     loaded = build_pretrained(path, use_grn=use_grn)
-    x = torch.randn(1, 3, 64, 80)
-    with torch.no_grad():
-        for a, b in zip(source(x), loaded(x)):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert_loaded(loaded, source, LAYOUTS[layout])
+    if LAYOUTS[layout] == (0, 1, 2, 3):
+        x = torch.randn(1, 3, 64, 80)
+        with torch.no_grad():
+            for a, b in zip(source(x), loaded(x)):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_fcmae_pretraining_file_is_converted(tmp_path):
+    source = make_source(use_grn=True).eval()
+    path = tmp_path / 'convnextv2_atto_1k_224_fcmae.pt'
+    checkpoint = fcmae_layout(source)
+    # The sparse layout, as in the real files: kernels, .ln/.linear levels, (1, C) biases.
+    assert checkpoint['model']['encoder.stages.0.0.dwconv.kernel'].shape == (49, 8)
+    assert checkpoint['model']['encoder.downsample_layers.1.1.kernel'].shape == (4, 8, 16)
+    assert checkpoint['model']['encoder.stages.0.0.dwconv.bias'].shape == (1, 8)
+    assert checkpoint['model']['encoder.stages.0.0.grn.gamma'].shape == (1, 32)
+    assert 'encoder.downsample_layers.1.0.ln.weight' in checkpoint['model']
+    torch.save(checkpoint, path)
+    assert_loaded(build_pretrained(path, use_grn=True), source, ())
 
 
 def test_loading_logs_one_summary(tmp_path):
@@ -155,14 +282,14 @@ def test_checkpoint_of_another_size_names_shapes_and_keys(tmp_path):
     message = str(error.value)
     assert 'bigger.pth does not fit this ConvNeXt (depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])' in message
     assert 'the file holds ConvNeXt depths=[1, 1, 3, 1], dims=[16, 32, 64, 128]' in message
-    assert 'stages.0.blocks.0.dwconv.weight (16, 1, 7, 7) in file vs (8, 1, 7, 7) in model' in message
-    assert 'not in the model: stages.2.blocks.2.' in message
+    assert 'downsample_layers.0.0.weight (16, 3, 4, 4) in file vs (8, 3, 4, 4) in model' in message
+    assert 'not in the model: stages.2.2.' in message
 
 
 def test_v1_file_into_v2_model_names_the_missing_grn(tmp_path):
     path = tmp_path / 'v1.pth'
     torch.save(official_layout(make_source(use_grn=False)), path)
-    with pytest.raises(CheckpointError, match=r'missing from the file: stages\.0\.blocks\.0\.grn\.beta'):
+    with pytest.raises(CheckpointError, match=r'missing from the file: stages\.0\.0\.grn\.beta'):
         build_pretrained(path, use_grn=True)
 
 
@@ -184,9 +311,90 @@ def test_unreachable_url_says_to_download_and_pass_a_local_path(tmp_path, monkey
 
 
 def test_pretrained_without_checkpoint_key():
-    model = ConvNeXt(arch=TINY_ARCH, init_cfg=dict(type='Pretrained'))
     with pytest.raises(ValueError, match='needs checkpoint=PATH_OR_URL'):
+        ConvNeXt(arch=TINY_ARCH, init_cfg=dict(type='Pretrained'))
+
+
+def saved(tmp_path, layout, source):
+    path = tmp_path / f'{layout.__name__}.pth'
+    torch.save(layout(source), path)
+    return str(path)
+
+
+@pytest.mark.parametrize('form, prefix', [
+    (form, prefix) for form in ('dict', 'list', 'list with other initializers') for prefix in (None, 'backbone.', 'backbone')
+] + [('pretrained argument', None)])
+def test_every_way_of_naming_the_weights_loads_them(tmp_path, form, prefix):
+    source = make_source()
+    path = saved(tmp_path, mmpretrain_layout, source)  # mmpretrain's files are what mmdet's configs name
+    pretrained = dict(type='Pretrained', checkpoint=path, **({'prefix': prefix} if prefix else {}))
+    if form == 'pretrained argument':
+        with pytest.warns(DeprecationWarning, match='pretrained= is deprecated'):
+            model = ConvNeXt(arch=TINY_ARCH, pretrained=path)
+    else:
+        init_cfg = {'dict': pretrained, 'list': [pretrained], 'list with other initializers': [
+            dict(type='Constant', layer='LayerNorm', val=3.0), pretrained,
+            dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02)]}[form]
+        model = ConvNeXt(arch=TINY_ARCH, init_cfg=init_cfg)
+    model.init_weights()
+    # mmengine's order: the other initializers first, then the file, which overwrites what it holds.
+    norm_init = (3.0, 0.0) if form == 'list with other initializers' else (1.0, 0.0)
+    assert_loaded(model, source, (3, ), norm_init)
+
+
+def test_detector_built_from_config_loads_a_list_init_cfg(tmp_path):
+    """The way a config reaches the backbone: the detector's init_weights() calls the backbone's."""
+    import mmdet.registry
+    from mmengine.registry import init_default_scope
+    source = make_source()
+    path = saved(tmp_path, own_detector_checkpoint, source)
+    init_default_scope('mmdet')
+    detector = mmdet.registry.MODELS.build(dict(
+        type='RetinaNet', data_preprocessor=dict(type='DetDataPreprocessor'),
+        backbone=dict(type='ConvNeXt', arch=TINY_ARCH, out_indices=(1, 2, 3),
+                      init_cfg=[dict(type='Pretrained', checkpoint=path, prefix='backbone.')]),
+        neck=dict(type='FPN', in_channels=[16, 32, 64], out_channels=8, num_outs=3),
+        bbox_head=dict(type='RetinaHead', num_classes=2, in_channels=8, feat_channels=8,
+                       anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4, scales_per_octave=3,
+                                             ratios=[0.5, 1.0, 2.0], strides=[8, 16, 32]),
+                       bbox_coder=dict(type='DeltaXYWHBBoxCoder'),
+                       loss_cls=dict(type='FocalLoss', use_sigmoid=True), loss_bbox=dict(type='L1Loss'))))
+    detector.init_weights()
+    for key, value in detector.backbone.state_dict().items():
+        torch.testing.assert_close(value, source.state_dict()[key], rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize('init_cfg, message', [
+    ([dict(type='Pretrained', checkpoint='a.pth'), dict(type='Pretrained', checkpoint='b.pth')],
+     'has 2 Pretrained entries; keep one'),
+    (dict(type='Pretrained', checkpoint='a.pth', strict=False), r"unsupported keys \['strict'\]"),
+    ('a.pth', 'init_cfg must be a dict or a list of dicts'),
+])
+def test_bad_init_cfg_is_named(init_cfg, message):
+    with pytest.raises(ValueError, match=message):
+        ConvNeXt(arch=TINY_ARCH, init_cfg=init_cfg)
+
+
+def test_weights_given_twice_are_refused():
+    with pytest.raises(ValueError, match='weights given twice'):
+        ConvNeXt(arch=TINY_ARCH, pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
+
+
+def test_prefix_that_matches_nothing_says_to_delete_it(tmp_path):
+    path = saved(tmp_path, official_layout, make_source())
+    model = ConvNeXt(arch=TINY_ARCH, init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
+    with pytest.raises(CheckpointError, match=r"official_layout\.pth: has no tensors under prefix='backbone\.'.*"
+                                              r"Delete prefix"):
         model.init_weights()
+
+
+def test_half_an_output_norm_is_an_error(tmp_path):
+    state = own_backbone_file(make_source())
+    del state['norm3.bias']
+    path = tmp_path / 'half_norm.pth'
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r'missing from the file: norm3\.bias'):
+        build_pretrained(path)
 
 
 def test_loading_leaves_numpy_metadata_loadable_for_other_loaders(tmp_path):

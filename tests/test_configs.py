@@ -177,10 +177,10 @@ def test_small_config_trains_a_step_and_predicts_on_the_cpu(name, monkeypatch):
     model = build_model(cfg).train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     assert type(optim_wrapper) is OptimWrapper  # the config's fp16 AMP runs in fp32 on the CPU
-    stem_before = model.backbone.stem[0].weight.detach().clone()
+    stem_before = model.backbone.downsample_layers[0][0].weight.detach().clone()
     losses = model.train_step(batch, optim_wrapper)
     assert losses and all(math.isfinite(float(value)) for value in losses.values()), losses
-    assert not torch.equal(model.backbone.stem[0].weight, stem_before), 'the optimizer step left the backbone as is'
+    assert not torch.equal(model.backbone.downsample_layers[0][0].weight, stem_before), 'the optimizer step left the backbone as is'
 
     model.eval()
     with torch.no_grad():

@@ -75,22 +75,22 @@ def assert_table(model, optim_wrapper, ids_by_prefix, scale_by_id):
 
 # The official ConvNeXt rules, written out: name prefix -> layer id.
 TINY_LAYER_WISE_IDS = {
-    'backbone.stem.': 0,
-    'backbone.stages.0.blocks.': 1,
-    'backbone.stages.1.downsample.': 2,
-    'backbone.stages.1.blocks.': 2,
-    'backbone.stages.2.downsample.': 3,
-    'backbone.stages.2.blocks.0.': 3,
-    'backbone.stages.2.blocks.1.': 3,
-    'backbone.stages.2.blocks.2.': 3,
-    'backbone.stages.2.blocks.3.': 4,
-    'backbone.stages.2.blocks.4.': 4,
-    'backbone.stages.2.blocks.5.': 4,
-    'backbone.stages.2.blocks.6.': 5,
-    'backbone.stages.2.blocks.7.': 5,
-    'backbone.stages.2.blocks.8.': 5,
-    'backbone.stages.3.downsample.': 6,
-    'backbone.stages.3.blocks.': 6,
+    'backbone.downsample_layers.0.': 0,
+    'backbone.stages.0.': 1,
+    'backbone.downsample_layers.1.': 2,
+    'backbone.stages.1.': 2,
+    'backbone.downsample_layers.2.': 3,
+    'backbone.stages.2.0.': 3,
+    'backbone.stages.2.1.': 3,
+    'backbone.stages.2.2.': 3,
+    'backbone.stages.2.3.': 4,
+    'backbone.stages.2.4.': 4,
+    'backbone.stages.2.5.': 4,
+    'backbone.stages.2.6.': 5,
+    'backbone.stages.2.7.': 5,
+    'backbone.stages.2.8.': 5,
+    'backbone.downsample_layers.3.': 6,
+    'backbone.stages.3.': 6,
     'backbone.norm0.': 7,
     'backbone.norm1.': 7,
     'backbone.norm2.': 7,
@@ -109,15 +109,15 @@ SMALL_STAGE2_BLOCKS_BY_ID = {
     3: (0, 1, 2), 4: (3, 4, 5), 5: (6, 7, 8), 6: (9, 10, 11), 7: (12, 13, 14), 8: (15, 16, 17), 9: (18, 19, 20),
     10: (21, 22, 23), 11: (24, 25, 26)}
 SMALL_LAYER_WISE_IDS = {
-    'backbone.stem.': 0,
-    'backbone.stages.0.blocks.': 1,
-    'backbone.stages.1.downsample.': 2,
-    'backbone.stages.1.blocks.': 2,
-    'backbone.stages.2.downsample.': 3,
-    **{f'backbone.stages.2.blocks.{block}.': layer_id
+    'backbone.downsample_layers.0.': 0,
+    'backbone.stages.0.': 1,
+    'backbone.downsample_layers.1.': 2,
+    'backbone.stages.1.': 2,
+    'backbone.downsample_layers.2.': 3,
+    **{f'backbone.stages.2.{block}.': layer_id
        for layer_id, blocks in SMALL_STAGE2_BLOCKS_BY_ID.items() for block in blocks},
-    'backbone.stages.3.downsample.': 12,
-    'backbone.stages.3.blocks.': 12,
+    'backbone.downsample_layers.3.': 12,
+    'backbone.stages.3.': 12,
     'backbone.norm0.': 13,
     'backbone.norm1.': 13,
     'backbone.norm2.': 13,
@@ -132,14 +132,14 @@ SMALL_SCALES_07 = {
 
 def stage_wise_ids(num_layers):
     return {
-        'backbone.stem.': 0,
-        'backbone.stages.1.downsample.': 0,
-        'backbone.stages.2.downsample.': 0,
-        'backbone.stages.3.downsample.': 0,
-        'backbone.stages.0.blocks.': 1,
-        'backbone.stages.1.blocks.': 2,
-        'backbone.stages.2.blocks.': 3,
-        'backbone.stages.3.blocks.': 4,
+        'backbone.downsample_layers.0.': 0,
+        'backbone.downsample_layers.1.': 0,
+        'backbone.downsample_layers.2.': 0,
+        'backbone.downsample_layers.3.': 0,
+        'backbone.stages.0.': 1,
+        'backbone.stages.1.': 2,
+        'backbone.stages.2.': 3,
+        'backbone.stages.3.': 4,
         'backbone.norm': num_layers + 1,
         'neck.': num_layers + 1,
         'head.': num_layers + 1,
@@ -186,32 +186,32 @@ def test_backbone_alone_and_wrapped_model():
     backbone = ConvNeXt(arch=TINY_TEST_ARCH)
     optim_wrapper = build(backbone, decay_rate=0.5, num_layers=5)  # decay_type defaults to layer_wise
     groups = group_by_name(backbone, optim_wrapper)
-    assert groups['stem.0.weight']['layer_id'] == 0
-    assert groups['stages.2.blocks.3.pwconv1.weight']['layer_id'] == 4
-    assert groups['stages.3.downsample.1.weight']['layer_id'] == 5
+    assert groups['downsample_layers.0.0.weight']['layer_id'] == 0
+    assert groups['stages.2.3.pwconv1.weight']['layer_id'] == 4
+    assert groups['downsample_layers.3.1.weight']['layer_id'] == 5
     assert groups['norm3.weight']['layer_id'] == 6
     assert groups['norm3.weight']['lr'] == pytest.approx(BASE_LR)
-    assert groups['stem.0.weight']['lr'] == pytest.approx(BASE_LR * 0.5**6)
+    assert groups['downsample_layers.0.0.weight']['lr'] == pytest.approx(BASE_LR * 0.5**6)
 
     model = Model(arch=TINY_TEST_ARCH)
     optim_wrapper = build(Wrapped(model), decay_rate=0.5, num_layers=5)
     groups = group_by_name(model, optim_wrapper)
     assert len(groups) == len(list(model.parameters()))
-    assert groups['backbone.stem.0.weight']['lr'] == pytest.approx(BASE_LR * 0.5**6)
+    assert groups['backbone.downsample_layers.0.0.weight']['lr'] == pytest.approx(BASE_LR * 0.5**6)
     assert groups['head.weight']['lr'] == pytest.approx(BASE_LR)
 
 
 def test_weight_decay_split(tiny):
     optim_wrapper = build(tiny, decay_rate=0.95, num_layers=6)
     groups = group_by_name(tiny, optim_wrapper)
-    not_decayed = ['backbone.stem.0.bias', 'backbone.stem.1.weight', 'backbone.stem.1.bias',
-                   'backbone.stages.0.blocks.0.gamma', 'backbone.stages.0.blocks.0.norm.weight',
-                   'backbone.stages.0.blocks.0.dwconv.bias', 'backbone.stages.2.blocks.4.pwconv1.bias',
-                   'backbone.stages.1.downsample.0.weight', 'backbone.stages.1.downsample.1.bias',
+    not_decayed = ['backbone.downsample_layers.0.0.bias', 'backbone.downsample_layers.0.1.weight', 'backbone.downsample_layers.0.1.bias',
+                   'backbone.stages.0.0.gamma', 'backbone.stages.0.0.norm.weight',
+                   'backbone.stages.0.0.dwconv.bias', 'backbone.stages.2.4.pwconv1.bias',
+                   'backbone.downsample_layers.1.0.weight', 'backbone.downsample_layers.1.1.bias',
                    'backbone.norm3.weight', 'neck.bias', 'head.bias']
-    decayed = ['backbone.stem.0.weight', 'backbone.stages.0.blocks.0.dwconv.weight',
-               'backbone.stages.0.blocks.0.pwconv1.weight', 'backbone.stages.3.blocks.2.pwconv2.weight',
-               'backbone.stages.1.downsample.1.weight', 'neck.weight', 'head.weight']
+    decayed = ['backbone.downsample_layers.0.0.weight', 'backbone.stages.0.0.dwconv.weight',
+               'backbone.stages.0.0.pwconv1.weight', 'backbone.stages.3.2.pwconv2.weight',
+               'backbone.downsample_layers.1.1.weight', 'neck.weight', 'head.weight']
     for name in not_decayed:
         assert groups[name]['weight_decay'] == 0, name
     for name in decayed:
@@ -226,14 +226,14 @@ def test_custom_keys_on_top_of_the_decay():
     custom_keys = {
         'head': dict(lr_mult=10.),
         # Equally long and both in stage 0 block 0's names: mmengine's rule picks the alphabetically first,
-        # 'blocks.0', whatever the order here.
+        # 'ages.0.0', whatever the order here.
         'stages.0': dict(lr_mult=3.),
-        'blocks.0': dict(lr_mult=0.5, decay_mult=0.),
-        'stages.3': dict(decay_mult=0.5),
+        'ages.0.0': dict(lr_mult=0.5, decay_mult=0.),
+        'layers.3': dict(decay_mult=0.5),
         # Both in stage 2 block 3's names: the longer wins though it comes later alphabetically.
-        'blocks.3': dict(lr_mult=7.),
-        'stages.2.blocks.3': dict(lr_mult=4.),
-        'backbone.stages.1.blocks.1.pwconv1': dict(lr_mult=2., decay_mult=2.),
+        '2.3.': dict(lr_mult=7.),
+        'stages.2.3': dict(lr_mult=4.),
+        'backbone.stages.1.1.pwconv1': dict(lr_mult=2., decay_mult=2.),
     }
     optim_wrapper = build(model, 'mmseg', decay_rate=0.5, num_layers=5, custom_keys=custom_keys)
     groups = group_by_name(model, optim_wrapper)
@@ -247,20 +247,20 @@ def test_custom_keys_on_top_of_the_decay():
     check('head.bias', 10 * scale[6], 0.)  # no decay_mult: the official split holds
     check('neck.weight', scale[6], WEIGHT_DECAY)
     check('backbone.norm0.weight', scale[6], 0.)
-    check('backbone.stages.0.blocks.0.pwconv1.weight', 0.5 * scale[1], 0.)
-    check('backbone.stages.0.blocks.0.gamma', 0.5 * scale[1], 0.)
-    check('backbone.stages.1.blocks.0.pwconv1.weight', 0.5 * scale[2], 0.)
-    check('backbone.stages.1.downsample.1.weight', scale[2], WEIGHT_DECAY)
+    check('backbone.stages.0.0.pwconv1.weight', 0.5 * scale[1], 0.)
+    check('backbone.stages.0.0.gamma', 0.5 * scale[1], 0.)
+    check('backbone.stages.1.0.pwconv1.weight', scale[2], WEIGHT_DECAY)
+    check('backbone.downsample_layers.1.1.weight', scale[2], WEIGHT_DECAY)
     # A custom decay_mult applies to biases too.
-    check('backbone.stages.1.blocks.1.pwconv1.weight', 2 * scale[2], 2 * WEIGHT_DECAY)
-    check('backbone.stages.1.blocks.1.pwconv1.bias', 2 * scale[2], 2 * WEIGHT_DECAY)
-    check('backbone.stages.1.blocks.1.pwconv2.weight', scale[2], WEIGHT_DECAY)
-    check('backbone.stages.2.blocks.0.pwconv1.weight', 0.5 * scale[3], 0.)
-    check('backbone.stages.2.blocks.3.pwconv1.weight', 4 * scale[4], WEIGHT_DECAY)
-    check('backbone.stages.2.blocks.3.gamma', 4 * scale[4], 0.)
+    check('backbone.stages.1.1.pwconv1.weight', 2 * scale[2], 2 * WEIGHT_DECAY)
+    check('backbone.stages.1.1.pwconv1.bias', 2 * scale[2], 2 * WEIGHT_DECAY)
+    check('backbone.stages.1.1.pwconv2.weight', scale[2], WEIGHT_DECAY)
+    check('backbone.stages.2.0.pwconv1.weight', scale[3], WEIGHT_DECAY)
+    check('backbone.stages.2.3.pwconv1.weight', 4 * scale[4], WEIGHT_DECAY)
+    check('backbone.stages.2.3.gamma', 4 * scale[4], 0.)
     # decay_mult alone: the lr keeps its decay, and 1-D parameters are decayed too.
-    check('backbone.stages.3.downsample.1.weight', scale[5], 0.5 * WEIGHT_DECAY)
-    check('backbone.stages.3.downsample.0.bias', scale[5], 0.5 * WEIGHT_DECAY)
+    check('backbone.downsample_layers.3.1.weight', scale[5], 0.5 * WEIGHT_DECAY)
+    check('backbone.downsample_layers.3.0.bias', scale[5], 0.5 * WEIGHT_DECAY)
 
 
 def test_norm_and_bias_decay_mult():
@@ -269,15 +269,16 @@ def test_norm_and_bias_decay_mult():
     groups = group_by_name(model, optim_wrapper)
     expected = {
         # norm layers (LayerNorm, LayerNorm2d): weight and bias
-        'backbone.stem.1.weight': 0.5, 'backbone.stem.1.bias': 0.5, 'backbone.stages.1.downsample.0.weight': 0.5,
-        'backbone.stages.0.blocks.0.norm.bias': 0.5, 'backbone.norm2.weight': 0.5,
+        'backbone.downsample_layers.0.1.weight': 0.5, 'backbone.downsample_layers.0.1.bias': 0.5,
+        'backbone.downsample_layers.1.0.weight': 0.5,
+        'backbone.stages.0.0.norm.bias': 0.5, 'backbone.norm2.weight': 0.5,
         # other biases
-        'backbone.stem.0.bias': 2., 'backbone.stages.0.blocks.0.dwconv.bias': 2., 'head.bias': 2.,
-        'backbone.stages.2.blocks.3.pwconv2.bias': 2.,
+        'backbone.downsample_layers.0.0.bias': 2., 'backbone.stages.0.0.dwconv.bias': 2., 'head.bias': 2.,
+        'backbone.stages.2.3.pwconv2.bias': 2.,
         # 1-D, neither norm layer nor bias: the official 0 holds
-        'backbone.stages.0.blocks.0.grn.gamma': 0., 'backbone.stages.0.blocks.0.grn.beta': 0.,
+        'backbone.stages.0.0.grn.gamma': 0., 'backbone.stages.0.0.grn.beta': 0.,
         # weights
-        'backbone.stages.0.blocks.0.pwconv1.weight': 1., 'head.weight': 1.,
+        'backbone.stages.0.0.pwconv1.weight': 1., 'head.weight': 1.,
     }
     for name, mult in expected.items():
         assert groups[name]['weight_decay'] == pytest.approx(WEIGHT_DECAY * mult), name
@@ -289,8 +290,9 @@ def test_frozen_parameters_left_out():
     optim_wrapper = build(model, decay_rate=0.9, num_layers=5)
     optimized = {id(p) for g in optim_wrapper.optimizer.param_groups for p in g['params']}
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
-    assert frozen and all(name.startswith(('backbone.stem.', 'backbone.stages.0.', 'backbone.stages.1.',
-                                           'backbone.norm0.', 'backbone.norm1.')) for name in frozen)
+    assert frozen and all(name.startswith(('backbone.downsample_layers.0.', 'backbone.downsample_layers.1.',
+                                           'backbone.stages.0.', 'backbone.stages.1.', 'backbone.norm0.',
+                                           'backbone.norm1.')) for name in frozen)
     assert optimized == {id(p) for p in model.parameters() if p.requires_grad}
     assert {g['layer_id'] for g in optim_wrapper.optimizer.param_groups} == {3, 4, 5, 6}
 
@@ -303,11 +305,11 @@ def test_convnext_v2_backbone():
     assert len(groups) == len(list(model.parameters()))
     for block, layer_id in enumerate([3, 3, 3, 4, 4, 4]):
         for suffix in ('grn.gamma', 'grn.beta', 'pwconv1.weight'):
-            group = groups[f'backbone.stages.2.blocks.{block}.{suffix}']
+            group = groups[f'backbone.stages.2.{block}.{suffix}']
             assert group['layer_id'] == layer_id
             assert group['lr'] == pytest.approx(BASE_LR * 0.8**(6 - layer_id))
             assert group['weight_decay'] == (WEIGHT_DECAY if suffix == 'pwconv1.weight' else 0)
-    assert groups['backbone.stages.3.blocks.1.grn.beta']['layer_id'] == 5
+    assert groups['backbone.stages.3.1.grn.beta']['layer_id'] == 5
     with pytest.raises(ValueError, match=r'num_layers=4 is too small.*depths \[2, 2, 6, 2\].*>= 5'):
         build(model, decay_rate=0.8, num_layers=4)
 

@@ -255,17 +255,9 @@ def test_benchmark_reports_images_per_second(config, capsys):
 
 
 def official_layout(state_dict):
-    """A ConvNeXt state dict under the official release's names, with its classifier, as in the ImageNet files."""
-    official = {}
-    for key, value in state_dict.items():
-        if key.startswith('norm'):
-            continue  # the official classifier has no per-stage output norms
-        key = key.replace('stem.', 'downsample_layers.0.')
-        for stage in range(1, 4):
-            key = key.replace(f'stages.{stage}.downsample.', f'downsample_layers.{stage}.')
-        for stage in range(4):
-            key = key.replace(f'stages.{stage}.blocks.', f'stages.{stage}.')
-        official[key] = value
+    """A ConvNeXt state dict under the official release's names (convnext_mm's own), with its classifier, as in
+    the ImageNet files."""
+    official = {key: value for key, value in state_dict.items() if not key.startswith('norm')}  # no output norms
     official['norm.weight'] = torch.ones(320)
     official['head.weight'] = torch.zeros(1000, 320)
     return {'model': official}

@@ -6,7 +6,7 @@
 
 The reference (``PaperConvNeXt`` below) is the official code's sequence of operations: NCHW maps, a permute to
 NHWC and back around every block's norm and Linears, and the channels-first LayerNorm written out as mean,
-variance, divide. It has our parameter names, so it holds the same weights. For each arch, input size and step
+variance, divide. It has the official parameter names, which are ours, so it holds the same weights. For each arch, input size and step
 (``infer``: no_grad forward in eval mode; ``train``: forward and backward of a loss over all four outputs in
 train mode) the two models run alternately, the order flipping every repetition, and the table gives median
 images/s of each, their ratio, peak memory, and the largest difference of the outputs (and, for a training step,
@@ -77,37 +77,24 @@ class PaperBlock(nn.Module):
         return input + x
 
 
-class PaperStage(nn.Module):
-
-    def __init__(self, in_dim, dim, depth):
-        super().__init__()
-        if in_dim is None:
-            self.downsample = nn.Identity()
-        else:
-            self.downsample = nn.Sequential(
-                PaperChannelsFirstLayerNorm(in_dim), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
-        self.blocks = nn.Sequential(*[PaperBlock(dim) for _ in range(depth)])
-
-    def forward(self, x):
-        return self.blocks(self.downsample(x))
-
-
 class PaperConvNeXt(nn.Module):
-    """The official detection backbone (all four outputs), with our parameter names."""
+    """The official detection backbone (all four outputs), with its parameter names, which are also ours."""
 
     def __init__(self, depths, dims):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), PaperChannelsFirstLayerNorm(dims[0]))
-        self.stages = nn.ModuleList(
-            [PaperStage(dims[i - 1] if i > 0 else None, dims[i], depths[i]) for i in range(4)])
+        self.downsample_layers = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), PaperChannelsFirstLayerNorm(dims[0]))] +
+            [nn.Sequential(PaperChannelsFirstLayerNorm(dims[i - 1]), nn.Conv2d(dims[i - 1], dims[i], kernel_size=2,
+                                                                             stride=2)) for i in range(1, 4)])
+        self.stages = nn.ModuleList([nn.Sequential(*[PaperBlock(dims[i]) for _ in range(depths[i])])
+                                     for i in range(4)])
         for i in range(4):
             self.add_module(f'norm{i}', PaperChannelsFirstLayerNorm(dims[i]))
 
     def forward(self, x):
-        x = self.stem(x)
         outs = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
+        for i in range(4):
+            x = self.stages[i](self.downsample_layers[i](x))
             outs.append(getattr(self, f'norm{i}')(x))
         return tuple(outs)
 

@@ -25,9 +25,8 @@ def infer_backbone_args(state_dict):
     """ConvNeXt constructor arguments that fit a converted state dict (depths, dims, V2 or not, layer scale)."""
     depths, dims = [], []
     for stage in range(4):
-        blocks = {int(m.group(1)) for key in state_dict for m in [re.match(rf'stages\.{stage}\.blocks\.(\d+)\.', key)]
-                  if m}
-        dwconv = state_dict.get(f'stages.{stage}.blocks.0.dwconv.weight')
+        blocks = {int(m.group(1)) for key in state_dict for m in [re.match(rf'stages\.{stage}\.(\d+)\.', key)] if m}
+        dwconv = state_dict.get(f'stages.{stage}.0.dwconv.weight')
         if not blocks or dwconv is None:
             raise CheckpointError(f'the checkpoint has no blocks for ConvNeXt stage {stage}; is it a ConvNeXt?')
         depths.append(max(blocks) + 1)
