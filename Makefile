@@ -11,7 +11,7 @@ $(VENV)/.complete: requirements.txt setup.py tools/setup_env.sh
 	bash tools/setup_env.sh
 
 test: setup
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -rs
 
 # The main job: Cascade Mask R-CNN ConvNeXt-T trained from scratch on generated COCO-format data (data/demo/),
 # evaluated with mmdet's CocoMetric; pictures of predictions go to work_dirs/, the curves to its curves.png.

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from convnext_mm import ConvNeXt
-from convnext_mm.backbone import ARCH_SETTINGS
+from convnext_mm.backbone import ARCH_SETTINGS, ConvNeXtBlock
 
 from tiny_models import randomize
 
@@ -164,6 +164,48 @@ def test_drop_path_is_identity_in_eval_and_random_in_train():
         torch.manual_seed(1)
         trained = with_drop.train()(x)[3]
     assert not torch.allclose(trained, without(x)[3])
+
+
+def test_drop_path_rates_rise_linearly_from_zero_over_all_blocks():
+    model = ConvNeXt(arch=TINY_ARCH, drop_path_rate=0.5)  # 1 + 1 + 2 + 1 = 5 blocks
+    rates = [getattr(block.drop_path, 'drop_prob', 0.0) for stage in model.stages for block in stage]
+    assert rates == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5])
+
+
+def test_drop_path_drops_whole_samples_and_scales_kept_ones_by_the_keep_probability():
+    block = randomize(ConvNeXtBlock(8, drop_path=0.25))
+    x = torch.randn(64, 8, 5, 5)
+    with torch.no_grad():
+        branch = block.eval()(x) - x
+        torch.manual_seed(0)
+        trained = block.train()(x) - x
+    dropped = [bool(torch.all(t == 0)) for t in trained]
+    for t, b, is_dropped in zip(trained, branch, dropped):
+        if not is_dropped:  # the whole residual branch of this sample, divided by 1 - 0.25
+            torch.testing.assert_close(t, b / 0.75, rtol=1e-4, atol=1e-5)
+    assert 0 < sum(dropped) < len(dropped)
+
+
+@pytest.mark.parametrize('in_channels', [1, 4])
+def test_other_input_channels_match_the_plain_functional_convnext(in_channels):
+    model = randomize(ConvNeXt(arch=TINY_ARCH, in_channels=in_channels)).eval()
+    assert model.downsample_layers[0][0].weight.shape == (8, in_channels, 4, 4)
+    x = torch.randn(2, in_channels, 64, 72)
+    with torch.no_grad():
+        outs = model(x)
+        expected = reference_convnext(x, model.state_dict(), TINY_ARCH['depths'], (0, 1, 2, 3))
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('frozen_stages', [0, -1])
+def test_frozen_stages_0_and_minus_1_freeze_nothing(frozen_stages):
+    model = ConvNeXt(arch=TINY_ARCH, frozen_stages=frozen_stages).train()
+    assert all(m.training for m in model.modules())
+    sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
+    frozen = [name for name, p in model.named_parameters()
+              if not p.requires_grad or p.grad is None or not torch.any(p.grad != 0)]
+    assert not frozen
 
 
 @pytest.mark.parametrize('kwargs, message', [
