@@ -13,7 +13,7 @@ from convnext_mm.data_checks import check_datasets
 from convnext_mm.demo import DET, SEG, demo_config
 from convnext_mm.demo_data import CLASSES, SEG_CLASSES
 from convnext_mm.runtime import fit_config_to_machine, load_config
-from tiny_models import one_thread  # noqa: F401  (a fixture)
+from tiny_models import assert_every_path_got_a_gradient, one_thread, record_gradients_on_every_path  # noqa: F401
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
@@ -63,8 +63,7 @@ def test_one_training_step_on_the_demo_data(config, demo_cwd, monkeypatch, tmp_p
     runner = Runner.from_cfg(cfg)
     runner.optim_wrapper = runner.build_optim_wrapper(runner.optim_wrapper)
     runner.model.train()
-    before = {k: v.clone() for k, v in runner.model.backbone.state_dict().items()}
+    gradients = record_gradients_on_every_path(runner.model.backbone)
     losses = runner.model.train_step(next(iter(runner.train_dataloader)), runner.optim_wrapper)
     assert all(torch.isfinite(v).all() for v in losses.values())
-    after = runner.model.backbone.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert_every_path_got_a_gradient(gradients)

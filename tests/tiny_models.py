@@ -2,6 +2,8 @@
 tests/test_data_errors.py): an atto ConvNeXt at random init and 32-channel necks and heads, few proposals;
 same model classes, losses, samplers and data flow, only widths and counts change. And ``randomize`` for the
 backbone's numerics tests."""
+import re
+
 import pytest
 import torch
 
@@ -48,6 +50,24 @@ def shrink_upernet(cfg, num_classes, crop_size=(64, 64)):
     model.auxiliary_head.update(in_channels=ATTO_DIMS[2], channels=WIDTH // 2, num_classes=num_classes)
     model.test_cfg = dict(mode='whole')
     return cfg
+
+
+def record_gradients_on_every_path(backbone):
+    """Hooks on the backbone's parameters that every image's gradient passes through (the stem, the downsample
+    layers and the output norms; a block's can be all zero where drop path dropped it for the whole batch).
+    Returns the dict {name: gradient norm} that the next backward fills in. A changed weight proves nothing:
+    AdamW's decoupled weight decay changes every weight that has a gradient tensor, even an all-zero one."""
+    norms = {}
+    for name, param in backbone.named_parameters():
+        if re.match(r'(downsample_layers|norm\d)\.', name):
+            norms[name] = None
+            param.register_hook(lambda grad, name=name: norms.__setitem__(name, grad.norm().item()))
+    return norms
+
+
+def assert_every_path_got_a_gradient(norms):
+    without = [name for name, norm in norms.items() if not norm]
+    assert norms and not without, f'no gradient (or an all-zero one) reached {without}'
 
 
 @pytest.fixture
