@@ -15,7 +15,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
 
 from convnext_mm.runtime import build_model, load_config
 from tiny_models import one_thread, randomize, shrink_cascade, shrink_upernet  # noqa: F401  (one_thread: a fixture)

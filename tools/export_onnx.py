@@ -20,8 +20,9 @@ preprocessor produces (the tool prints its mean, std and channel order). What it
 Export uses torch's dynamo exporter (``torch.onnx.export(dynamo=True)``). The batch size is dynamic; ``--dynamic``
 makes height and width dynamic too, except for models with adaptive pooling to several cells (UperNet's pyramid
 pooling), which export for one size only. Then onnxruntime runs the file on random inputs (a second batch size,
-and with ``--dynamic`` a second image size) and the tool prints the largest deviation from PyTorch relative to the output's largest magnitude; above 1e-4 it
-fails. ``--time N`` also times onnxruntime, PyTorch fp32 and PyTorch bf16 autocast, N interleaved runs each.
+and with ``--dynamic`` a second image size) and the tool prints the largest deviation from PyTorch, relative to
+the output's largest magnitude; above 1e-4 it fails. ``--time N`` also times onnxruntime, PyTorch fp32 and
+PyTorch bf16 autocast on one image, N interleaved runs each.
 """
 import argparse
 import logging
@@ -250,7 +251,7 @@ def main(argv=None):
         raise SystemExit(f'error: {args.out} deviates from PyTorch by {deviation:.2e} relative, above '
                          f'{MAX_RELATIVE_DEVIATION:.0e}: do not deploy it (docs/deployment.md)')
     if args.time:
-        time_engines(session, module, example, args.time)
+        time_engines(session, module, example[:1], args.time)
     if cfg.default_scope == 'mmdet' and not args.backbone_only:
         print('Not in the file: proposal selection and the RoI heads (mmcv.ops.nms and mmcv.ops.RoIAlign); run '
               'them in PyTorch on these outputs (docs/deployment.md)')

@@ -12,7 +12,8 @@ first iteration on (the iterations after the resumed checkpoint were run again).
 Each key is matched against the logged names exactly or as their last part (``bbox_mAP`` is
 ``coco/bbox_mAP``). Losses, learning rates and validation metrics get a panel each. Without ``--keys``: the
 total loss, the learning rate and the usual metrics (mAP and mAP@50 of boxes and masks; mIoU, mAcc, aAcc),
-whichever the run logged. Writes ``WORK_DIR/curves.png`` unless ``--out`` says otherwise, and prints its path.
+whichever the run logged (``base_lr`` is the schedule's rate, ``lr`` that of the first parameter group, which
+layer-wise decay lowers). Writes ``WORK_DIR/curves.png`` unless ``--out`` says otherwise, and prints its path.
 """
 import argparse
 import glob
@@ -23,8 +24,10 @@ import matplotlib
 
 matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-DEFAULT_KEYS = ('loss', 'lr', 'bbox_mAP', 'bbox_mAP_50', 'segm_mAP', 'segm_mAP_50', 'mIoU', 'mAcc', 'aAcc')
+DEFAULT_KEYS = ('loss', 'base_lr', 'lr', 'bbox_mAP', 'bbox_mAP_50', 'segm_mAP', 'segm_mAP_50', 'mIoU', 'mAcc',
+                'aAcc')
 # Bookkeeping that LoggerHook writes beside the scalars: not curves.
 NOT_CURVES = ('step', 'epoch', 'iter', 'time', 'data_time', 'memory')
 
@@ -117,10 +120,13 @@ def plot(panels, val_x_label, title, out):
     for axis, (panel, curves) in zip(axes[0], panels.items()):
         for name, points in curves:
             steps, values = zip(*points) if points else ((), ())
-            # Validation often has few points (the demo evaluates once): markers keep them visible.
-            axis.plot(steps, values, marker='o' if len(points) < 20 else None, label=name)
+            # Validation often has few points (the demo evaluates once): markers, and the last value in the legend.
+            label = f'{name} ({values[-1]:.3g})' if panel == 'validation' and values else name
+            axis.plot(steps, values, marker='o' if len(points) < 20 else None, label=label)
         axis.set_title(panel)
         axis.set_xlabel(val_x_label if panel == 'validation' else 'iteration')
+        axis.set_xlim(left=0)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize='small')
         if panel == 'learning rate':
