@@ -34,10 +34,13 @@ torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 # (pattern, replacement) applied in order to each key, mapping every public layout onto the official names, which
 # are convnext_mm's own: downsample_layers.I.J, stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn}, norm0..3.
-KEY_RENAMES = [
-    (r'^stem\.', 'downsample_layers.0.'),  # timm, and convnext_mm before 0.2
+# timm's module names, which convnext_mm 0.1 used too.
+TIMM_MODULE_RENAMES = [
+    (r'^stem\.', 'downsample_layers.0.'),
     (r'^stages\.(\d+)\.downsample\.', r'downsample_layers.\1.'),
     (r'^stages\.(\d+)\.blocks\.', r'stages.\1.'),
+]
+KEY_RENAMES = TIMM_MODULE_RENAMES + [
     (r'\.(depthwise_conv|conv_dw)\.', '.dwconv.'),  # mmpretrain, timm
     (r'\.(pointwise_conv1|mlp\.fc1)\.', '.pwconv1.'),
     (r'\.(pointwise_conv2|mlp\.fc2)\.', '.pwconv2.'),
@@ -51,6 +54,12 @@ BACKBONE_KEY = re.compile(r'^(downsample_layers|stages|norm\d)\.')
 # ConvNeXt V2's FCMAE pre-training files: the encoder in MinkowskiEngine's sparse layout.
 FCMAE_KEY = re.compile(r'^encoder\..*\.(kernel|ln\.weight|linear\.weight)$')
 MAX_KEYS_SHOWN = 6
+
+
+def rename_keys(key, renames):
+    for pattern, replacement in renames:
+        key = re.sub(pattern, replacement, key)
+    return key
 
 
 class CheckpointError(RuntimeError):
@@ -163,9 +172,7 @@ def convert_state_dict(checkpoint, prefix=None):
                 ignored.append(key)
                 continue
             key = key[len('backbone.'):]
-        new_key = key
-        for pattern, replacement in KEY_RENAMES:
-            new_key = re.sub(pattern, replacement, new_key)
+        new_key = rename_keys(key, KEY_RENAMES)
         if CLASSIFIER_KEY.match(new_key):
             ignored.append(key)
             continue

@@ -404,3 +404,19 @@ def test_loading_leaves_numpy_metadata_loadable_for_other_loaders(tmp_path):
     torch.save(own_detector_checkpoint(make_source()), resumable)
     build_pretrained(pretrained)
     assert torch.load(resumable)['meta']['iter'] == 10
+
+
+def test_checkpoint_of_convnext_mm_0_1_resumes_through_mmengine(tmp_path):
+    """A whole-model checkpoint saved under convnext_mm 0.1's names (a run to resume, a load_from) loads every
+    backbone tensor through mmengine's own (non-strict) loader, which would otherwise skip them with a warning."""
+    from mmengine.runner import load_checkpoint
+    source = make_source()
+    old = {'backbone.' + k: v for k, v in own_file_before_0_2(source).items()}
+    assert 'backbone.stem.0.weight' in old and 'backbone.stages.1.blocks.0.dwconv.weight' in old
+    path = tmp_path / 'epoch_12.pth'
+    torch.save({'meta': {'epoch': np.int64(12)}, 'state_dict': old}, path)
+    model = torch.nn.Module()
+    model.backbone = ConvNeXt(arch=TINY_ARCH)
+    load_checkpoint(model, str(path), strict=False)
+    assert_loaded(model.backbone, source, (0, 1, 2, 3))
+    model.backbone.load_state_dict(own_file_before_0_2(source))  # strict, torch's own
