@@ -31,6 +31,23 @@ CUSTOM_KEY_FIELDS = ('lr_mult', 'decay_mult')
 NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 
 
+# Constructors that read decay_rate / decay_type / num_layers: ours, and mmdet's and mmseg's own.
+DECAY_CONSTRUCTORS = ('ConvNeXtLayerDecayOptimizerConstructor', 'LearningRateDecayOptimizerConstructor')
+DECAY_KEYS = ('decay_rate', 'decay_type', 'num_layers')
+
+
+def check_decay_constructor(optim_wrapper_cfg):
+    """Refuse decay settings that no constructor would read: mmengine's default constructor ignores them
+    silently, and every layer would train at the full learning rate."""
+    paramwise_cfg = optim_wrapper_cfg.get('paramwise_cfg') or {}
+    constructor = optim_wrapper_cfg.get('constructor', 'DefaultOptimWrapperConstructor')
+    decay_keys = [key for key in DECAY_KEYS if key in paramwise_cfg]
+    if decay_keys and constructor not in DECAY_CONSTRUCTORS:
+        raise ValueError(f'optim_wrapper.paramwise_cfg sets {decay_keys}, which {constructor} ignores: no layer '
+                         "would have a decayed learning rate. Add constructor='ConvNeXtLayerDecayOptimizerConstructor' "
+                         'to optim_wrapper (or remove those keys)')
+
+
 def min_num_layers(decay_type, depths):
     """The smallest num_layers that keeps layer ids strictly rising from the stem to the head."""
     if decay_type == 'layer_wise':

@@ -485,3 +485,17 @@ class ResNetLike(nn.Module):
 def test_model_without_convnext_backbone(model, match):
     with pytest.raises(TypeError, match=match):
         build(model, decay_rate=0.9, num_layers=6)
+
+
+@pytest.mark.parametrize('constructor', [None, 'DefaultOptimWrapperConstructor'])
+def test_decay_settings_without_a_decay_constructor_are_refused(constructor):
+    from convnext_mm.layer_decay import check_decay_constructor
+    cfg = dict(optimizer=dict(type='AdamW', lr=BASE_LR), paramwise_cfg=dict(decay_rate=0.7, num_layers=6))
+    if constructor:
+        cfg['constructor'] = constructor
+    with pytest.raises(ValueError, match=r"sets \['decay_rate', 'num_layers'\], which DefaultOptimWrapperConstructor "
+                                         r"ignores.*Add constructor='ConvNeXtLayerDecayOptimizerConstructor'"):
+        check_decay_constructor(cfg)
+    for constructor in ('ConvNeXtLayerDecayOptimizerConstructor', 'LearningRateDecayOptimizerConstructor'):
+        check_decay_constructor({**cfg, 'constructor': constructor})
+    check_decay_constructor(dict(optimizer=dict(type='AdamW', lr=BASE_LR), paramwise_cfg=dict(norm_decay_mult=0.)))
