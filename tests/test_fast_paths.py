@@ -19,7 +19,12 @@ from tiny_models import randomize
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
-RTOL = 1e-5  # of the largest magnitude of each tensor: the issue's bound, float32 rounding only
+# Each element within RTOL of its reference, or within ATOL of the tensor's largest magnitude: float32 rounding
+# only. The second bound is for entries that are sums cancelling to near zero, whose rounding error follows the
+# size of their terms; at 3e-6 it is 3x below the issue's bound of 1e-5 relative to the largest magnitude, so
+# a small gradient entry cannot be wrong by more than that.
+RTOL = 1e-5
+ATOL = 3e-6
 
 
 def load_benchmark():
@@ -38,7 +43,7 @@ def assert_all_close(tensors, references):
     for a, b in zip(tensors, references):
         assert a.shape == b.shape
         scale = b.abs().max().item()
-        torch.testing.assert_close(a, b, rtol=0, atol=RTOL * scale)
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL * scale)
 
 
 def step(model, x, train):
@@ -61,10 +66,11 @@ def step(model, x, train):
 
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """Counts calls of oneDNN's fused Linear+GELU (so a test knows the fast path ran)."""
-    if backbone_module.ONEDNN_LINEAR_POINTWISE is None:
-        pytest.skip('this torch has no oneDNN fused Linear (torch.ops.mkldnn._linear_pointwise)')
+    """Counts calls of oneDNN's fused Linear+GELU (so a test knows the fast path ran); stays empty where torch
+    has no oneDNN (the tests of the fused path skip there: ``needs_onednn``)."""
     calls = []
+    if backbone_module.ONEDNN_LINEAR_POINTWISE is None:
+        return calls
     original = backbone_module.ONEDNN_LINEAR_POINTWISE
 
     def counting(*args):
@@ -75,6 +81,10 @@ def onednn_calls(monkeypatch):
     return calls
 
 
+needs_onednn = pytest.mark.skipif(backbone_module.ONEDNN_LINEAR_POINTWISE is None,
+                                  reason='this torch has no oneDNN fused Linear (torch.ops.mkldnn._linear_pointwise)')
+
+
 def paper_pair(seed=0):
     ours = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3)), seed)
     paper = benchmark.PaperConvNeXt(TINY_ARCH['depths'], TINY_ARCH['dims'])
@@ -82,6 +92,7 @@ def paper_pair(seed=0):
     return ours, paper
 
 
+@needs_onednn
 def test_inference_matches_the_paper_formulation(onednn_calls):
     ours, paper = paper_pair()
     x = torch.randn(2, 3, 70, 97)
@@ -96,6 +107,7 @@ def test_training_step_matches_the_paper_formulation(onednn_calls):
     assert not onednn_calls  # the fused op has no autograd formula: training takes the plain path
 
 
+@needs_onednn
 @pytest.mark.parametrize('pixels_per_chunk', [None, 37], ids=['default_chunks', 'many_uneven_chunks'])
 @pytest.mark.parametrize('kwargs', [dict(), dict(layer_scale_init_value=0), dict(use_grn=True)],
                          ids=['layer_scale', 'no_layer_scale', 'v2_grn'])
@@ -183,10 +195,11 @@ def test_with_cp_matches_the_paper_formulation():
 
 
 def skip_without_dynamo():
-    try:
-        torch.compile(lambda t: t + 1, backend='aot_eager', fullgraph=True)(torch.ones(2))
-    except Exception as error:  # noqa: BLE001  any failure means: no torch.compile on this interpreter
-        pytest.skip(f'torch.compile is unavailable here: {type(error).__name__}: {error}')
+    """Skip where torch says dynamo cannot run (e.g. a Python version it does not support yet); any error of
+    torch.compile elsewhere is a failure of the test."""
+    import torch._dynamo
+    if not torch._dynamo.is_dynamo_supported():
+        pytest.skip(f'torch.compile (dynamo) is not supported on this Python/platform (torch {torch.__version__})')
 
 
 @pytest.mark.parametrize('with_cp', [False, True], ids=['plain', 'with_cp'])
