@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import urllib.error
+import urllib.parse
 import zipfile
 
 import numpy as np
@@ -69,20 +70,41 @@ class CheckpointError(RuntimeError):
 def read_checkpoint(path_or_url):
     """Load a checkpoint file or URL with torch's safe unpickler (tensors, containers, numpy metadata)."""
     if re.match(r'^(https?|ftp)://', str(path_or_url)):
-        try:
-            return torch.hub.load_state_dict_from_url(
-                path_or_url, map_location='cpu', weights_only=True, check_hash=False)
-        except (urllib.error.URLError, OSError) as error:
-            raise CheckpointError(
-                f'Could not download the ConvNeXt checkpoint {path_or_url} ({error}). Offline, download the '
-                'file elsewhere and pass its local path, e.g. '
-                "init_cfg=dict(type='Pretrained', checkpoint='data/pretrained/FILE.pth').") from error
+        return _read_download(path_or_url)
     path = os.fspath(path_or_url)
     if not os.path.isfile(path):
         raise CheckpointError(
             f'ConvNeXt checkpoint {path!r} not found. Download the file (the official ImageNet weights are '
             'listed in the README) into that place, or point init_cfg.checkpoint at its local path, e.g. with '
             '--cfg-options model.backbone.init_cfg.checkpoint=PATH.')
+    return _read_file(path)
+
+
+def _read_download(url):
+    """A URL's checkpoint, downloaded into torch hub's cache (``$TORCH_HOME/hub/checkpoints``) as
+    ``torch.hub.load_state_dict_from_url`` does, then read like a local file. A download that is no usable
+    checkpoint (cut short, an HTML page, refused objects) is removed from the cache: kept, it would be read again
+    on every later run instead of being downloaded anew."""
+    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urllib.parse.urlparse(url).path))
+    if not os.path.isfile(cached):
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, cached, progress=False)  # via a temporary file: never half-written
+        except (urllib.error.URLError, OSError) as error:
+            raise CheckpointError(
+                f'Could not download the ConvNeXt checkpoint {url} ({error}). Offline, download the '
+                'file elsewhere and pass its local path, e.g. '
+                "init_cfg=dict(type='Pretrained', checkpoint='data/pretrained/FILE.pth').") from error
+    try:
+        return _read_file(cached)
+    except CheckpointError as error:
+        os.remove(cached)
+        raise CheckpointError(f'The download of {url} is not a usable checkpoint (removed from the cache, so the '
+                              f'next run downloads it again; check that the URL gives the .pth file itself): '
+                              f'{error}') from error
+
+
+def _read_file(path):
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
