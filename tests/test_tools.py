@@ -284,6 +284,52 @@ def test_convert_checkpoint_writes_a_clean_backbone_file(tmp_path, capsys):
     assert not (tmp_path / 'out.pth').exists()
 
 
+# Each layout of tests/test_checkpoint.py (the real files' key names), whether it is V2, the output norms its
+# files hold, and how many of its tensors belong to no backbone (classifier; FCMAE: decoder and mask token).
+CONVERTED_LAYOUTS = {'timm': (False, (), 4), 'mmpretrain': (False, (3, ), 2), 'official_v2': (True, (), 4),
+                     'fcmae_v2': (True, (), 2)}
+
+
+@pytest.mark.parametrize('layout', CONVERTED_LAYOUTS)
+def test_convert_checkpoint_from_timm_mmpretrain_and_v2_files(layout, tmp_path, capsys):
+    import test_checkpoint
+    use_grn, norms, left_out = CONVERTED_LAYOUTS[layout]
+    write = {'timm': test_checkpoint.timm_layout, 'mmpretrain': test_checkpoint.mmpretrain_layout,
+             'official_v2': test_checkpoint.official_layout, 'fcmae_v2': test_checkpoint.fcmae_layout}[layout]
+    source_model = test_checkpoint.make_source(use_grn)
+    source, destination = tmp_path / f'{layout}.pth', tmp_path / 'backbone.pth'
+    torch.save(write(source_model), source)
+    load_tool('convert_checkpoint').main([str(source), str(destination)])
+    out = capsys.readouterr().out
+    assert f'ConvNeXt{" V2" if use_grn else ""} depths=[1, 1, 2, 1] dims=[8, 16, 32, 64]' in out
+    assert f'left out {left_out} tensors of no backbone' in out
+    converted = torch.load(destination, weights_only=True)
+    expected = {k: v for k, v in source_model.state_dict().items()
+                if not k.startswith('norm') or int(k[4]) in norms}
+    assert sorted(converted) == sorted(expected)
+    for key, value in expected.items():
+        torch.testing.assert_close(converted[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_convert_checkpoint_counts_what_it_leaves_out_and_names_the_source_when_its_check_fails(tmp_path, capsys):
+    convert_checkpoint = load_tool('convert_checkpoint')
+    backbone = ConvNeXt(arch='atto').state_dict()
+    with_extras = tmp_path / 'backbone_and_extras.pth'
+    torch.save({**backbone, 'mask_token': torch.zeros(1, 320), 'proj.weight': torch.zeros(4, 320)}, with_extras)
+    convert_checkpoint.main([str(with_extras), str(tmp_path / 'out.pth')])
+    assert 'left out 2 tensors of no backbone' in capsys.readouterr().out
+    assert sorted(torch.load(tmp_path / 'out.pth', weights_only=True)) == sorted(backbone)
+
+    # Block 3 of stage 2 is missing: the converted file fails its check, which must name SOURCE.
+    gap = tmp_path / 'a_block_missing.pth'
+    torch.save({k: v for k, v in backbone.items() if not k.startswith('stages.2.3.')}, gap)
+    with pytest.raises(SystemExit) as exit_info:
+        convert_checkpoint.main([str(gap), str(tmp_path / 'gap_out.pth')])
+    message = str(exit_info.value.code)
+    assert str(gap) in message and 'missing from the file: stages.2.3.' in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a_block_missing.pth', 'backbone_and_extras.pth', 'out.pth']
+
+
 def test_cpu_adaptation_of_a_config(monkeypatch):
     monkeypatch.setattr(runtime, 'cuda_available', lambda: False)
     cfg = load_config(CASCADE_T)

@@ -41,6 +41,7 @@ def infer_backbone_args(state_dict):
 def convert(source, destination):
     """Write the backbone of ``source`` to ``destination``; returns (backbone args, tensors, ignored keys)."""
     converted, ignored = convert_state_dict(read_checkpoint(source))
+    ignored += [key for key in converted if not BACKBONE_KEY.match(key)]  # counted in the summary line
     converted = {key: value for key, value in converted.items() if BACKBONE_KEY.match(key)}
     if not converted:
         raise CheckpointError(f'{source} holds no ConvNeXt backbone parameters')
@@ -52,7 +53,11 @@ def convert(source, destination):
     os.close(handle)
     try:
         torch.save(converted, temporary)
-        load_pretrained(ConvNeXt(**backbone_args), temporary)
+        try:
+            load_pretrained(ConvNeXt(**backbone_args), temporary)
+        except CheckpointError as error:  # named after SOURCE: the temporary file means nothing to the user
+            raise CheckpointError(f'{source}: its backbone fails the check after conversion: '
+                                  f'{str(error).replace(temporary, "the converted file")}') from error
         os.replace(temporary, destination)
     finally:
         if osp.exists(temporary):
