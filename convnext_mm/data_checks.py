@@ -6,14 +6,19 @@ hours into training; and COCO categories whose names the config does not list ar
 
 ``check_datasets(cfg, ('train', 'val'))`` is called by ``tools/train.py`` (``('test',)`` by
 ``tools/test.py``). It builds each dataset without loading it (``lazy_init``) to learn its resolved paths
-and classes exactly as mmdet/mmseg will, then reads the files itself. Images with no objects are valid:
+and classes exactly as mmdet/mmseg will, then reads the files itself, as they read them (label maps with
+mmcv's decoder, cast to uint8, as mmseg's ``LoadAnnotations``). Images with no objects are valid:
 they stay in the data (mmdet's ``filter_cfg.filter_empty_gt`` leaves them out of training batches only).
+In a distributed run only the first process reads the files.
 """
 import json
+import os
 import os.path as osp
 
-import cv2
+import mmcv
 import numpy as np
+import torch.distributed as dist
+from mmengine.fileio import get as read_bytes
 from mmengine.logging import print_log
 from mmengine.registry import DATASETS, DefaultScope
 
@@ -36,12 +41,42 @@ class DataError(ValueError):
 
 
 def check_datasets(cfg, splits=('train', 'val')):
-    """Check the datasets of ``cfg``'s ``{split}_dataloader`` for each split; raise :class:`DataError`."""
+    """Check the datasets of ``cfg``'s ``{split}_dataloader`` for each split; raise :class:`DataError`.
+
+    In a distributed run (``cfg.launcher``) only the process of rank 0 reads the files: each process would
+    otherwise read the whole annotation file (COCO's is 450 MB) at the same time. Where the process group is
+    already up (on the CPU), rank 0 sends its verdict to the others, so every process stops with the same
+    message; otherwise (GPUs: mmengine starts the group later) the launcher ends the others when rank 0 exits.
+    """
+    problem = None
+    if process_rank(cfg.get('launcher', 'none')) == 0:
+        try:
+            _check_all(cfg, splits)
+        except DataError as error:
+            problem = error
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        verdict = [None if problem is None else str(problem)]
+        dist.broadcast_object_list(verdict, src=0)
+        if problem is None and verdict[0] is not None:
+            problem = DataError(verdict[0])
+    if problem is not None:
+        raise problem
+
+
+def process_rank(launcher):
+    """This process's rank in the run: the process group's, or (before it starts) the launcher's variable."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    variable = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}.get(launcher)
+    return int(os.environ.get(variable, 0)) if variable else 0
+
+
+def _check_all(cfg, splits):
     for split in splits:
         loader = cfg.get(f'{split}_dataloader')
         if not loader:
             continue
-        for dataset_cfg in _leaf_datasets(loader['dataset']):
+        for dataset_cfg in leaf_datasets(loader['dataset']):
             with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
                 dataset = DATASETS.build(dict(dataset_cfg, lazy_init=True))
             _check_data_root(dataset)
@@ -57,12 +92,13 @@ def check_datasets(cfg, splits=('train', 'val')):
                                 f'annotation file of the {split} data. {DEMO_HELP}')
 
 
-def _leaf_datasets(dataset_cfg):
-    """The datasets inside wrappers (RepeatDataset, ClassBalancedDataset, ConcatDataset, ...)."""
+def leaf_datasets(dataset_cfg):
+    """The dataset configs inside wrappers (RepeatDataset, ClassBalancedDataset, ConcatDataset, ...), or the
+    config itself; the same objects, to read or change in place."""
     if 'datasets' in dataset_cfg:
-        return [leaf for inner in dataset_cfg['datasets'] for leaf in _leaf_datasets(inner)]
+        return [leaf for inner in dataset_cfg['datasets'] for leaf in leaf_datasets(inner)]
     if 'dataset' in dataset_cfg:
-        return _leaf_datasets(dataset_cfg['dataset'])
+        return leaf_datasets(dataset_cfg['dataset'])
     return [dataset_cfg]
 
 
@@ -149,14 +185,24 @@ def _check_coco_dataset(dataset, model_cfg, split, filter_cfg):
                         'the annotation file.')
     file_classes = [c['name'] for c in coco['categories']]
     classes = list(dataset.metainfo['classes'])
-    if file_classes != classes:
-        # mmdet keeps only categories named in the config, in the file's order: anything else mislabels data.
+    # mmdet keeps the categories the config names, numbered in the file's order: a subset of the file's is
+    # fine, a class the file lacks or another order mislabels the data.
+    kept = [name for name in file_classes if name in classes]
+    if kept != classes:
+        absent = [name for name in classes if name not in file_classes]
+        problem = (f'{len(absent)} of them are not in the file ({_listing(absent)})' if absent else
+                   'in another order than the file\'s (mmdet numbers them in the file\'s order)')
         raise DataError(f'{dataset.ann_file} has {len(file_classes)} categories ({_listing(file_classes)}) but '
-                        f'the config lists {len(classes)} classes ({_listing(classes)}). Set '
-                        f'{split}_dataloader.dataset.metainfo=dict(classes={tuple(file_classes)!r}) (the file\'s '
-                        'order) and num_classes in every head to match.')
+                        f'the config lists {len(classes)} classes ({_listing(classes)}), {problem}. Set '
+                        f'{split}_dataloader.dataset.metainfo=dict(classes={tuple(kept or file_classes)!r}) (the '
+                        'file\'s names, in its order; a subset is fine) and num_classes in every head to match.')
     _check_class_count(classes, model_cfg, dataset.ann_file)
-    with_objects = {a['image_id'] for a in coco['annotations']}
+    kept_ids = {c['id'] for c in coco['categories'] if c['name'] in classes}
+    if len(kept) < len(file_classes):
+        left_out = [name for name in file_classes if name not in classes]
+        print_log(f'{dataset.ann_file}: the config uses {len(kept)} of its {len(file_classes)} categories; the '
+                  f'objects of the other {len(left_out)} ({_listing(left_out)}) are left out.', logger='current')
+    with_objects = {a['image_id'] for a in coco['annotations'] if a['category_id'] in kept_ids}
     empty = len(coco['images']) - len({i['id'] for i in coco['images']} & with_objects)
     if empty:
         dropped = not dataset.test_mode and (filter_cfg or {}).get('filter_empty_gt', False)
@@ -203,11 +249,7 @@ def _check_seg_dataset(dataset, model_cfg, split):
     largest, largest_at = -1, None
     step = max(1, len(samples) // MAX_LABEL_MAPS_READ)
     for _, label_path in samples[::step]:
-        labels = cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
-        if labels is None or labels.ndim != 2:
-            raise DataError(f'Label map {label_path!r} could not be read as a single-channel image: write it '
-                            'again as an 8-bit PNG of class indices.')
-        values = _train_labels(np.unique(labels), dataset)
+        values = _train_labels(np.unique(_read_label_map(label_path, dataset)), dataset)
         values = values[values != IGNORE_INDEX]
         if values.size and values.max() > largest:
             largest, largest_at = int(values.max()), label_path
@@ -216,6 +258,27 @@ def _check_seg_dataset(dataset, model_cfg, split):
         raise DataError(f'Label map {largest_at!r} holds class index {largest}{zero}, but the config has '
                         f'{len(classes)} classes ({_listing(classes)}). Give the dataset metainfo all the data\'s '
                         'classes and set num_classes in every head to match, or fix reduce_zero_label.')
+
+
+def _read_label_map(path, dataset):
+    """A label map as mmseg's ``LoadAnnotations`` reads it (mmcv's decoder, Pillow by default: a palette PNG
+    gives its indices), before its cast to uint8, which would silently wrap values above 255."""
+    backend = next((t.imdecode_backend for t in getattr(dataset.pipeline, 'transforms', [])
+                    if type(t).__name__ == 'LoadAnnotations' and hasattr(t, 'imdecode_backend')), 'pillow')
+    try:
+        labels = mmcv.imfrombytes(read_bytes(path), flag='unchanged', backend=backend).squeeze()
+    except Exception as error:  # noqa: BLE001  whatever the decoder raises, the file is not a label map
+        labels, reason = None, f' ({type(error).__name__}: {error})'
+    else:
+        reason = ''
+    if labels is None or labels.ndim != 2:
+        raise DataError(f'Label map {path!r} could not be read as a single-channel image{reason}: write it '
+                        'again as an 8-bit PNG of class indices.')
+    if labels.max() > np.iinfo(np.uint8).max:
+        raise DataError(f'Label map {path!r} holds values up to {labels.max()} ({labels.dtype}), but mmseg casts '
+                        'label maps to uint8, which turns them into other classes (value % 256): write it as an '
+                        '8-bit PNG of class indices 0..255 (255 is ignored).')
+    return labels.astype(np.uint8)
 
 
 def _train_labels(values, dataset):

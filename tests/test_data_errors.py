@@ -185,3 +185,161 @@ def test_images_without_objects_are_kept_and_train_and_evaluate(coco_root, tmp_p
     assert runner.iter == 3
     metrics = runner.val()
     assert 'coco/bbox_mAP' in metrics and 'coco/segm_mAP' in metrics
+
+
+def _edit_coco(coco_root, split, edit):
+    path = coco_root / 'annotations' / f'instances_{split}.json'
+    coco = json.loads(path.read_text())
+    edit(coco)
+    path.write_text(json.dumps(coco))
+
+
+def test_annotation_lacking_a_field(coco_root):
+    _edit_coco(coco_root, 'train', lambda coco: coco['annotations'][2].pop('bbox'))
+    with pytest.raises(DataError, match=r'instances_train.json.* not in the COCO format: annotations\[2\] lacks one '
+                                        r'of the fields id, image_id, category_id, bbox'):
+        check_datasets(det_config(coco_root))
+
+
+def test_annotation_with_an_unknown_category_id(coco_root):
+    unknown = {}
+
+    def edit(coco):
+        coco['annotations'][1]['category_id'] = 99
+        unknown['id'] = coco['annotations'][1]['id']
+
+    _edit_coco(coco_root, 'val', edit)
+    with pytest.raises(DataError, match=rf"instances_val.json.*: annotations {unknown['id']} refer to an image or "
+                                        r'category id that is not listed'):
+        check_datasets(det_config(coco_root))
+
+
+def test_a_subset_of_the_file_categories_in_its_order_is_accepted(coco_root):
+    # The file's categories: circle, square, triangle (mmdet numbers the kept ones in this order).
+    check_datasets(det_config(coco_root, classes=('circle', 'triangle'), num_classes=2))
+    with pytest.raises(DataError, match=r"in another order than the file's.*classes=\('circle', 'triangle'\)"):
+        check_datasets(det_config(coco_root, classes=('triangle', 'circle'), num_classes=2))
+    with pytest.raises(DataError, match=r'1 of them are not in the file \(hexagon\)'):
+        check_datasets(det_config(coco_root, classes=('circle', 'hexagon'), num_classes=2))
+
+
+def test_split_file_lists_the_samples(ade_root):
+    cfg = seg_config(ade_root)
+    cfg.train_dataloader.dataset.ann_file = 'train.txt'  # under data_root, one image name (no suffix) a line
+    with pytest.raises(DataError, match=r"Split file '.*train.txt' does not exist"):
+        check_datasets(cfg)
+    (ade_root / 'train.txt').write_text('000000\n000002\n')
+    check_datasets(cfg)
+    (ade_root / 'train.txt').write_text('000000\n000002\n000007\n')
+    with pytest.raises(DataError, match=r'1 of the 3 images of the train set are missing: .*000007.jpg'):
+        check_datasets(cfg)
+
+
+def test_empty_image_folder(ade_root):
+    for image in (ade_root / 'images' / 'validation').iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match=r"No .jpg images in '.*images/validation'.*make demo-seg"):
+        check_datasets(seg_config(ade_root))
+
+
+def test_datasets_inside_wrappers_are_checked(coco_root, ade_root):
+    cfg = det_config(coco_root)
+    cfg.train_dataloader.dataset = dict(type='RepeatDataset', times=2, dataset=cfg.train_dataloader.dataset)
+    check_datasets(cfg)
+    (coco_root / 'train' / '000001.jpg').unlink()
+    with pytest.raises(DataError, match=r'1 of the 6 images listed in .*instances_train.json are not in'):
+        check_datasets(cfg)
+
+    cfg = seg_config(ade_root)
+    good = cfg.val_dataloader.dataset
+    bad = dict(good, data_prefix=dict(img_path='images/validation', seg_map_path='annotations/nowhere'))
+    cfg.val_dataloader.dataset = dict(type='ConcatDataset', datasets=[good, bad])
+    with pytest.raises(DataError, match=r"label map folder '.*annotations/nowhere' does not exist"):
+        check_datasets(cfg)
+
+
+def test_label_map_of_a_class_subset_is_applied(ade_root):
+    """ADE20K's class names, two of them in the config: mmseg maps the others to 255 (ignored)."""
+    import cv2
+    cfg = seg_config(ade_root, num_classes=2)
+    for split in ('train', 'val'):
+        cfg[f'{split}_dataloader'].dataset.update(type='ADE20KDataset', metainfo=dict(classes=('wall', 'floor')))
+    # Stored values 1..4 (reduce_zero_label: ADE20K's classes 0..3, wall building sky floor) and 60 (class 59):
+    # the config's classes 0 (wall) and 1 (floor), the others ignored.
+    path = str(ade_root / 'annotations' / 'training' / '000001.png')
+    labels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    labels[:4, :4] = 60
+    cv2.imwrite(path, labels)
+    check_datasets(cfg)
+    cfg.model.decode_head.num_classes = cfg.model.auxiliary_head.num_classes = 1
+    with pytest.raises(DataError, match=r'has 2 classes \(wall, floor\)'):
+        check_datasets(cfg)
+
+
+def test_label_maps_are_read_as_mmseg_reads_them(ade_root):
+    """With Pillow (a palette PNG gives its indices, where OpenCV would expand its colours), cast to uint8."""
+    import numpy as np
+    from PIL import Image
+    path = ade_root / 'annotations' / 'training' / '000001.png'
+    labels = np.array(Image.open(path))
+    palette = Image.fromarray(labels, mode='P')
+    palette.putpalette([value for i in range(256) for value in (i * 37 % 256, i * 91 % 256, i * 53 % 256)])
+    palette.save(path)
+    check_datasets(seg_config(ade_root))
+
+    wide = labels.astype(np.uint16)
+    wide[:2, :2] = 258  # mmseg's uint8 cast would read class 2
+    Image.fromarray(wide).save(path)
+    with pytest.raises(DataError, match=r'000001.png.* holds values up to 258 \(uint16\).* casts label maps to uint8'):
+        check_datasets(seg_config(ade_root))
+
+
+def test_only_the_first_process_of_a_distributed_run_reads_the_data(coco_root, monkeypatch):
+    (coco_root / 'annotations' / 'instances_train.json').write_text('[]')
+    cfg = det_config(coco_root)
+    cfg.launcher = 'pytorch'  # torchrun's RANK tells the process its rank before the process group starts
+    monkeypatch.setenv('RANK', '1')
+    check_datasets(cfg)
+    monkeypatch.setenv('RANK', '0')
+    with pytest.raises(DataError, match='the file holds a list'):
+        check_datasets(cfg)
+
+
+def _check_as_rank(rank, cfg, port, results):
+    import datetime
+    import os
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        check_datasets(cfg)
+        outcome = 'passed'
+    except DataError as error:
+        outcome = str(error)
+    finally:
+        dist.destroy_process_group()
+    (results / f'outcome_{rank}').write_text(outcome)
+
+
+def test_the_first_process_sends_its_verdict_to_the_others(coco_root, tmp_path, monkeypatch):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from convnext_mm import data_checks
+    (coco_root / 'annotations' / 'instances_val.json').write_text('[]')
+    original = data_checks._read_coco
+
+    def reading(path):  # records which process read an annotation file (inherited by the forked processes)
+        with open(tmp_path / 'reads', 'a') as f:
+            f.write(f'{data_checks.process_rank("pytorch")}\n')
+        return original(path)
+
+    monkeypatch.setattr(data_checks, '_read_coco', reading)
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_check_as_rank, args=(det_config(coco_root), port, tmp_path), nprocs=2, start_method='fork')
+    outcomes = [(tmp_path / f'outcome_{rank}').read_text() for rank in (0, 1)]
+    assert outcomes[0] == outcomes[1] and 'instances_val.json' in outcomes[0] and 'holds a list' in outcomes[0]
+    assert set((tmp_path / 'reads').read_text().split()) == {'0'}
