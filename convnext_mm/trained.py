@@ -11,7 +11,7 @@ from .checkpoint import CheckpointError, read_checkpoint
 from .demo_data import CLASSES as DEMO_CLASSES
 from .demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
 
-MAX_KEYS_SHOWN = 4
+MAX_KEYS_SHOWN = 2
 MAX_CLASSES_SHOWN = 8
 
 

@@ -1,7 +1,7 @@
 """Export a trained ConvNeXt backbone, UperNet segmentor or detector to ONNX, and check it in onnxruntime.
 
     python tools/export_onnx.py CONFIG CHECKPOINT --out FILE.onnx [--shape H W] [--dynamic] [--backbone-only]
-        [--demo] [--time N] [--cfg-options KEY=VALUE ...]
+        [--demo] [--time N] [--threads N] [--cfg-options KEY=VALUE ...]
 
 The exported graph takes one input, ``input``: the normalized NCHW float32 batch that the config's data
 preprocessor produces (the tool prints its mean, std and channel order). What it outputs:
@@ -22,7 +22,8 @@ makes height and width dynamic too, except for models with adaptive pooling to s
 pooling), which export for one size only. Then onnxruntime runs the file on random inputs (a second batch size,
 and with ``--dynamic`` a second image size) and the tool prints the largest deviation from PyTorch, relative to
 the output's largest magnitude; above 1e-4 it fails. ``--time N`` also times onnxruntime, PyTorch fp32 and
-PyTorch bf16 autocast on one image, N interleaved runs each.
+PyTorch bf16 autocast on one image, N interleaved runs each (``--threads``: with
+that many CPU threads each).
 """
 import argparse
 import logging
@@ -204,6 +205,7 @@ def parse_args(argv=None):
     parser.add_argument('--dynamic', action='store_true', help='dynamic height and width (the batch always is)')
     parser.add_argument('--backbone-only', action='store_true', help='export the backbone alone')
     parser.add_argument('--demo', action='store_true', help='the checkpoint is from tools/train.py --demo')
+    parser.add_argument('--threads', type=int, help='CPU threads of PyTorch and onnxruntime (default: their own)')
     parser.add_argument('--time', type=int, default=0, metavar='N',
                         help='time onnxruntime, PyTorch fp32 and bf16 over N interleaved runs')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
@@ -220,6 +222,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = load_config(args.config, None if args.demo else args.cfg_options)
     if args.demo:
         demo_config(cfg)  # first, so that --cfg-options can still change it (as tools/test.py)
@@ -242,7 +246,10 @@ def main(argv=None):
     print(f'Exported {what} to {args.out} (any batch size, {size}); {describe_input(cfg)}')
 
     import onnxruntime
-    session = onnxruntime.InferenceSession(args.out, providers=['CPUExecutionProvider'])
+    options = onnxruntime.SessionOptions()
+    if args.threads:
+        options.intra_op_num_threads = args.threads
+    session = onnxruntime.InferenceSession(args.out, options, providers=['CPUExecutionProvider'])
     # Also another batch size, and another image size where it is dynamic.
     other = (height + 32, width + 64) if dynamic_size else (height, width)
     inputs = [example, torch.randn(1, 3, *other, generator=torch.Generator().manual_seed(1))]
@@ -251,7 +258,10 @@ def main(argv=None):
         raise SystemExit(f'error: {args.out} deviates from PyTorch by {deviation:.2e} relative, above '
                          f'{MAX_RELATIVE_DEVIATION:.0e}: do not deploy it (docs/deployment.md)')
     if args.time:
-        time_engines(session, module, example[:1], args.time)
+        image = example[:1]
+        bf16 = max(relative_deviation(torch_outputs(module, image, bf16=True), torch_outputs(module, image)))
+        print(f'PyTorch bf16 autocast vs fp32: largest relative deviation {bf16:.2e}')
+        time_engines(session, module, image, args.time)
     if cfg.default_scope == 'mmdet' and not args.backbone_only:
         print('Not in the file: proposal selection and the RoI heads (mmcv.ops.nms and mmcv.ops.RoIAlign); run '
               'them in PyTorch on these outputs (docs/deployment.md)')
