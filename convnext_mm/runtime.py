@@ -4,13 +4,15 @@ The configs state the paper's set-up: fp16 AMP, SyncBN heads, NCCL. Without CUDA
 config (``fit_config_to_machine``) instead of asking users to edit it:
 
 - ``AmpOptimWrapper`` -> ``OptimWrapper`` (fp32): mmengine's AmpOptimWrapper refuses to build without a GPU.
-- Distributed runs start torch's CPU backend, gloo (``init_distributed_on_cpu``): mmengine's ``init_dist``
-  calls ``torch.cuda.set_device``, which a CPU build of torch lacks.
+- Distributed runs start torch's CPU backend, gloo (``init_distributed_on_cpu``), with the config's
+  ``env_cfg.dist_cfg.timeout``: mmengine's ``init_dist`` calls ``torch.cuda.set_device``, which a CPU build
+  of torch lacks.
 - Distributed runs turn SyncBN into BN: torch's SyncBatchNorm synchronizes GPU tensors only, so on the CPU each
   process normalizes over its own images. A single process needs nothing: mmengine's Runner reverts SyncBN to BN
   when it is not distributed, and torch's SyncBatchNorm without a process group acts as BN.
 - DDP wraps the model without ``device_ids``, which DDP rejects for a module on the CPU.
 """
+import datetime
 import importlib
 import importlib.util
 import os.path as osp
@@ -138,14 +140,27 @@ def cuda_available():
     return torch.cuda.is_available()
 
 
-def init_distributed_on_cpu(launcher):
-    """Without CUDA, start the process group with gloo (torchrun's environment) before mmengine's Runner would."""
+def init_distributed_on_cpu(launcher, timeout=None):
+    """Without CUDA, start the process group with gloo (torchrun's environment) before mmengine's Runner would.
+
+    ``timeout`` (seconds; the config's ``env_cfg.dist_cfg.timeout``, which mmengine's ``init_dist`` would apply)
+    bounds how long a process waits in a collective for a peer that neither answers nor closes its connection
+    (a frozen process, a lost node); torch's default for gloo is 30 minutes. A peer that dies closes its
+    connections, and the others fail at once whatever the timeout.
+    """
     if launcher == 'none' or cuda_available() or dist.is_initialized():
         return
     if launcher != 'pytorch':
         raise SystemExit(f'error: --launcher {launcher} needs CUDA GPUs; on a machine without them, run several '
                          'processes with torchrun: tools/dist_train.sh CONFIG NUM_PROCESSES (--launcher pytorch)')
-    dist.init_process_group(backend='gloo')
+    options = {} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))
+    dist.init_process_group(backend='gloo', **options)
+
+
+def lost_a_peer(error):
+    """Whether ``error`` is a distributed run's communication failing (a peer process died, froze or cannot be
+    reached), not a fault of this process: torch raises DistError for NCCL and a RuntimeError naming gloo."""
+    return dist.is_initialized() and (isinstance(error, dist.DistError) or 'gloo' in str(error))
 
 
 def fit_config_to_machine(cfg, distributed):

@@ -18,7 +18,8 @@ from mmengine.runner import Runner
 
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.data_checks import DataError, check_datasets
-from convnext_mm.runtime import config_from_command_line, cuda_available, fit_config_to_machine, init_distributed_on_cpu
+from convnext_mm.runtime import (config_from_command_line, cuda_available, fit_config_to_machine,
+                                init_distributed_on_cpu, lost_a_peer)
 
 
 def parse_args(argv=None):
@@ -94,19 +95,25 @@ def build_runner(cfg):
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
-    init_distributed_on_cpu(args.launcher)
+    init_distributed_on_cpu(args.launcher, timeout=cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout'))
     changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
         check_datasets(cfg, ('train', 'val'))
     except DataError as error:  # missing or malformed data: the message names the file and the fix
         sys.exit(f'error: {error}')
-    runner = build_runner(cfg)
-    for change in changes:
-        runner.logger.warning(change)
     try:
+        runner = build_runner(cfg)  # its first collectives: the run's timestamp and seed, DDP's weights
+        for change in changes:
+            runner.logger.warning(change)
         runner.train()
     except CheckpointError as error:  # e.g. the ImageNet checkpoint is not there: the message says what to do
         sys.exit(f'error: {error}')
+    except RuntimeError as error:  # another process of the run died or froze: say so, and how to go on
+        if not lost_a_peer(error):
+            raise
+        sys.exit(f'error: lost contact with another process of this distributed run ({error}). Its own log says '
+                 f'why it stopped. To continue from the last complete checkpoint in {cfg.work_dir} (if one was '
+                 'saved), run the same command with --resume on every node.')
 
 
 if __name__ == '__main__':
