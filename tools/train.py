@@ -98,14 +98,15 @@ def main(argv=None):
     init_distributed_on_cpu(args.launcher, timeout=cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout'))
     changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
+        # In a distributed run the first collectives: the data check's verdict, the run's timestamp and seed,
+        # DDP's weights.
         check_datasets(cfg, ('train', 'val'))
-    except DataError as error:  # missing or malformed data: the message names the file and the fix
-        sys.exit(f'error: {error}')
-    try:
-        runner = build_runner(cfg)  # its first collectives: the run's timestamp and seed, DDP's weights
+        runner = build_runner(cfg)
         for change in changes:
             runner.logger.warning(change)
         runner.train()
+    except DataError as error:  # missing or malformed data: the message names the file and the fix
+        sys.exit(f'error: {error}')
     except CheckpointError as error:  # e.g. the ImageNet checkpoint is not there: the message says what to do
         sys.exit(f'error: {error}')
     except RuntimeError as error:  # another process of the run died or froze: say so, and how to go on
