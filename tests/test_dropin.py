@@ -141,6 +141,22 @@ def test_shipped_config_loads_its_pretrained_file_with_prefix(tmp_path):
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
 
 
+def test_train_refuses_decay_settings_that_no_constructor_reads(tmp_path):
+    """A user who swaps the host's constructor for mmengine's default keeps paramwise_cfg's decay_rate: every
+    layer would silently train at the full learning rate."""
+    from test_tools import load_tool
+    train = load_tool('train')
+    config = tmp_path / 'my_mask_rcnn.py'  # the shipped config with the two edits, as a user's config inherits it
+    config.write_text(
+        f"_base_ = [{package_config('mmdet', 'convnext/mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py')!r}]\n"
+        "custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)\n"
+        "model = dict(backbone=dict(type='ConvNeXt'))\n")
+    args = train.parse_args([str(config), '--cfg-options', 'optim_wrapper.constructor=DefaultOptimWrapperConstructor'])
+    with pytest.raises(SystemExit, match=r"error: optim_wrapper.paramwise_cfg sets \['decay_rate', 'decay_type', "
+                                         r"'num_layers'\], which DefaultOptimWrapperConstructor ignores"):
+        train.build_config(args)
+
+
 @pytest.mark.parametrize('argument, value, message', [
     ('gap_before_final_norm', True, 'Write gap_before_final_norm=False or delete it'),
     ('norm_cfg', dict(type='BN'), r"with norm_cfg=\{'type': 'LN2d', 'eps': 1e-06\}. Delete norm_cfg"),

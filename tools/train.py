@@ -18,6 +18,7 @@ from mmengine.runner import Runner
 
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.data_checks import DataError, check_datasets
+from convnext_mm.layer_decay import check_decay_constructor
 from convnext_mm.runtime import (config_from_command_line, cuda_available, fit_config_to_machine,
                                 init_distributed_on_cpu, lost_a_peer)
 
@@ -62,6 +63,10 @@ def parse_args(argv=None):
 def build_config(args):
     """The config file with the command line applied, as mmdet's train.py does it."""
     cfg = config_from_command_line(args)
+    try:
+        check_decay_constructor(cfg.get('optim_wrapper', {}))
+    except ValueError as error:
+        raise SystemExit(f'error: {error}')
     # The random generators' state goes into each checkpoint, so --resume continues the same random draws.
     if not any(hook.get('type') == 'RandomStateHook' for hook in cfg.get('custom_hooks', [])):
         cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='RandomStateHook')]
