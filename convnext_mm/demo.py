@@ -22,13 +22,12 @@ import sys
 from mmengine.hooks import Hook
 from mmengine.utils import ProgressBar
 
-from .demo_data import CLASSES, DEMO_ROOT, SEG_CLASSES, ensure_demo_data
+from .demo_data import CLASSES, DEMO_ROOT, SEG_CLASSES, ensure_demo_set
 from .registry import register_in_hosts
 
 VIS_INTERVAL = 10  # one picture per this many validation images
 
 DET = dict(
-    data_root=f'{DEMO_ROOT}/coco/',
     scale=(160, 160),  # (long, short) side: the demo images are 128 to 160 pixels wide, kept as they are
     batch_size=2,
     max_epochs=2,  # of 232 images with objects, 2 per batch: 232 iterations
@@ -42,7 +41,6 @@ DET = dict(
     test_detections=20,
 )
 SEG = dict(
-    data_root=f'{DEMO_ROOT}/ade',
     crop_size=(128, 128),
     scale=(128, 128),
     batch_size=4,
@@ -54,17 +52,25 @@ SEG = dict(
 )
 
 
-def demo_config(cfg):
-    """``cfg`` (an mmdet or mmseg config read from a file) changed in place for the demo; returns it."""
+def demo_config(cfg, data_root=None):
+    """``cfg`` (an mmdet or mmseg config read from a file) changed in place for the demo; returns it.
+
+    ``data_root``: the folder of the demo's data set (``--demo --cfg-options data_root=PATH``), generated there
+    when it has no complete copy; by default ``data/demo/coco`` or ``data/demo/ade``.
+    """
     scope = cfg.get('default_scope')
-    if scope == 'mmdet':
-        ensure_demo_data(kinds=('coco', ))
-        _detection(cfg)
-    elif scope == 'mmseg':
-        ensure_demo_data(kinds=('ade', ))
-        _segmentation(cfg)
-    else:
+    if scope not in ('mmdet', 'mmseg'):
         raise ValueError(f'--demo runs mmdet and mmseg configs; this one has default_scope={scope!r}')
+    kind = 'coco' if scope == 'mmdet' else 'ade'
+    if data_root:
+        root = ensure_demo_set(kind, str(data_root))
+    else:
+        root = ensure_demo_set(kind, osp.join(DEMO_ROOT, kind), ours=True)
+    cfg.data_root = root
+    if scope == 'mmdet':
+        _detection(cfg, root)
+    else:
+        _segmentation(cfg, root)
     cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='EvalProgressBarHook')]
     return cfg
 
@@ -96,7 +102,7 @@ def _each(stage_cfgs):
     return stage_cfgs if isinstance(stage_cfgs, list) else [stage_cfgs]
 
 
-def _detection(cfg):
+def _detection(cfg, data_root):
     s = DET
     _from_scratch(cfg, s)
     model = cfg.model
@@ -118,11 +124,11 @@ def _detection(cfg):
         dataset = loader.dataset
         while 'dataset' in dataset:  # RepeatDataset and similar wrappers
             dataset = dataset.dataset
-        dataset.update(data_root=s['data_root'], ann_file=f'annotations/instances_{split}.json',
+        dataset.update(data_root=data_root, ann_file=f'annotations/instances_{split}.json',
                        data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES), pipeline=pipeline)
     cfg.train_dataloader.batch_size = s['batch_size']
     cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
-    cfg.val_evaluator = dict(type='CocoMetric', ann_file=f"{s['data_root']}annotations/instances_val.json",
+    cfg.val_evaluator = dict(type='CocoMetric', ann_file=osp.join(data_root, 'annotations', 'instances_val.json'),
                              metric=['bbox', 'segm'], format_only=False)
     cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
 
@@ -136,7 +142,7 @@ def _detection(cfg):
                                            score_thr=0.5)
 
 
-def _segmentation(cfg):
+def _segmentation(cfg, data_root):
     s = SEG
     _from_scratch(cfg, s)
     model = cfg.model
@@ -164,7 +170,7 @@ def _segmentation(cfg):
         loader.update(num_workers=0, persistent_workers=False)
         # The ADE20K layout, read by mmseg's base class: ADE20KDataset accepts only ADE20K's own class names.
         loader.dataset = dict(
-            type='BaseSegDataset', data_root=s['data_root'], img_suffix='.jpg', seg_map_suffix='.png',
+            type='BaseSegDataset', data_root=data_root, img_suffix='.jpg', seg_map_suffix='.png',
             reduce_zero_label=True, metainfo=dict(classes=SEG_CLASSES), pipeline=pipeline,
             data_prefix=dict(img_path=f'images/{folder}', seg_map_path=f'annotations/{folder}'))
     cfg.train_dataloader.batch_size = s['batch_size']

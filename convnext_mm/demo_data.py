@@ -250,35 +250,45 @@ MAKERS = {'coco': make_coco, 'ade': make_ade}
 
 
 def ensure_demo_data(root=DEMO_ROOT, kinds=('coco', 'ade'), force=False, splits=SPLITS):
-    """Generate ``root/coco`` and/or ``root/ade`` unless a complete copy of this version is there.
+    """Generate ``root/coco`` and/or ``root/ade`` unless a complete copy of this version is there (see
+    :func:`ensure_demo_set`). ``splits`` ({kind: {split: image count}}) defaults to the demo's sizes; tests make
+    smaller sets. Returns {kind: folder}."""
+    return {kind: ensure_demo_set(kind, osp.join(root, kind), force, splits, ours=True) for kind in kinds}
 
-    ``splits`` ({kind: {split: image count}}) defaults to the demo's sizes; tests make smaller sets.
 
-    Each set is written into a temporary folder beside it and renamed into place when complete, so an
-    interrupted run never leaves a set that looks finished. Returns {kind: folder}.
+def ensure_demo_set(kind, folder, force=False, splits=SPLITS, ours=False):
+    """Generate the demo's ``kind`` set ('coco' or 'ade') in ``folder`` unless a complete copy of this version
+    is there; returns ``folder``.
+
+    The set is written into a temporary folder beside it and renamed into place when complete, so an
+    interrupted run never leaves a set that looks finished. A demo set of another version is replaced, and so is
+    anything in a folder that is ``ours`` (under the demo's root). Elsewhere a folder that holds anything but a
+    demo set is refused, not replaced: ``--demo --cfg-options data_root=PATH`` puts the demo's data at PATH, which
+    may be a real dataset by mistake.
     """
-    folders = {}
-    for kind in kinds:
-        folder = osp.join(root, kind)
-        folders[kind] = folder
-        stamp = dict(format_version=FORMAT_VERSION, seed=SEED, splits=splits[kind])
-        marker = osp.join(folder, MARKER)
-        if not force and osp.isfile(marker):
-            with open(marker) as f:
-                if json.load(f) == stamp:
-                    continue
-        os.makedirs(root, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f'.{kind}.', dir=root)
-        try:
-            MAKERS[kind](tmp, splits[kind])
-            with open(osp.join(tmp, MARKER), 'w') as f:
-                json.dump(stamp, f)
-            if osp.exists(folder):
-                shutil.rmtree(folder)  # a stale or partial demo set: ours to replace
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return folders
+    stamp = dict(format_version=FORMAT_VERSION, seed=SEED, splits=splits[kind])
+    marker = osp.join(folder, MARKER)
+    if osp.isfile(marker):
+        with open(marker) as f:
+            if not force and json.load(f) == stamp:
+                return folder
+    elif not ours and osp.isdir(folder) and os.listdir(folder):
+        raise ValueError(f'{folder!r} holds files but no demo data (no {MARKER}), so the demo will not write its '
+                         f'generated {kind} data there: give a new or empty folder as data_root, or none for '
+                         f'{DEMO_ROOT}/{kind}')
+    parent = osp.dirname(osp.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{kind}.', dir=parent)
+    try:
+        MAKERS[kind](tmp, splits[kind])
+        with open(osp.join(tmp, MARKER), 'w') as f:
+            json.dump(stamp, f)
+        if osp.exists(folder):
+            shutil.rmtree(folder)  # a stale or partial demo set, or an empty folder: ours to replace
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
 
 
 def main(argv=None):

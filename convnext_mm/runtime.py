@@ -108,8 +108,9 @@ def config_from_command_line(args):
     ./work_dirs/<config file name>)."""
     cfg = load_config(args.config, None if args.demo else args.cfg_options)
     if args.demo:  # the demo's settings first, so that --cfg-options can still change them
-        demo_config(cfg)
-        apply_cfg_options(cfg, args.cfg_options)
+        options = dict(args.cfg_options or {})
+        demo_config(cfg, data_root=options.pop('data_root', None))  # data_root: where the demo's data goes
+        apply_cfg_options(cfg, options)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -67,3 +67,29 @@ def test_one_training_step_on_the_demo_data(config, demo_cwd, monkeypatch, tmp_p
     losses = runner.model.train_step(next(iter(runner.train_dataloader)), runner.optim_wrapper)
     assert all(torch.isfinite(v).all() for v in losses.values())
     assert_every_path_got_a_gradient(gradients)
+
+
+def test_data_root_option_puts_the_demo_data_there(demo_cwd, tmp_path, monkeypatch):
+    import argparse
+
+    from convnext_mm.demo_data import MARKER
+    from convnext_mm.runtime import config_from_command_line
+    monkeypatch.chdir(demo_cwd)
+    elsewhere = tmp_path / 'elsewhere' / 'ade'
+    args = argparse.Namespace(config=UPERNET_T, demo=True, launcher='none', work_dir=None,
+                              cfg_options={'data_root': str(elsewhere), 'train_cfg.max_iters': 7})
+    cfg = config_from_command_line(args)
+    assert (elsewhere / MARKER).is_file()  # generated there
+    assert cfg.train_cfg.max_iters == 7  # the other options still apply
+    for split in ('train', 'val', 'test'):
+        assert cfg[f'{split}_dataloader'].dataset.data_root == str(elsewhere)
+    check_datasets(cfg, ('train', 'val', 'test'))
+
+
+def test_demo_data_never_replaces_a_folder_of_other_files(tmp_path):
+    real = tmp_path / 'coco'
+    (real / 'annotations').mkdir(parents=True)
+    (real / 'annotations' / 'instances_train2017.json').write_text('{}')
+    with pytest.raises(ValueError, match=r"coco' holds files but no demo data .* give a new or empty folder"):
+        demo_config(load_config(CASCADE_T), data_root=str(real))
+    assert (real / 'annotations' / 'instances_train2017.json').read_text() == '{}'
