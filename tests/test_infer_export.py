@@ -205,7 +205,7 @@ def assert_close_relative(onnx, reference, tolerance=1e-4):
     assert np.abs(onnx - reference).max() <= tolerance * np.abs(reference).max()
 
 
-def test_export_backbone_runs_in_onnxruntime_with_the_same_outputs(seg, tmp_path, capsys):
+def test_export_backbone_runs_in_onnxruntime_with_the_same_outputs(seg, tmp_path, one_thread, capsys):
     config, checkpoint, model = seg
     out = tmp_path / 'backbone.onnx'
     deviation = load_tool('export_onnx').main([config, checkpoint, '--out', str(out), '--backbone-only',
@@ -222,7 +222,7 @@ def test_export_backbone_runs_in_onnxruntime_with_the_same_outputs(seg, tmp_path
         assert_close_relative(onnx, reference)
 
 
-def test_export_segmentor_runs_in_onnxruntime_with_the_same_logits(seg, tmp_path, capsys):
+def test_export_segmentor_runs_in_onnxruntime_with_the_same_logits(seg, tmp_path, one_thread, capsys):
     config, checkpoint, model = seg
     out = tmp_path / 'upernet.onnx'
     load_tool('export_onnx').main([config, checkpoint, '--out', str(out), '--shape', '64', '96', '--dynamic'])
@@ -236,7 +236,7 @@ def test_export_segmentor_runs_in_onnxruntime_with_the_same_logits(seg, tmp_path
     assert_close_relative(logits, expected)
 
 
-def test_export_detector_up_to_its_first_nms(det, tmp_path, capsys):
+def test_export_detector_up_to_its_first_nms(det, tmp_path, one_thread, capsys):
     """The file's features and RPN outputs, passed to the PyTorch heads (as docs/deployment.md shows), give the
     detections of the whole PyTorch model."""
     from mmdet.structures import DetDataSample
