@@ -37,8 +37,7 @@ import torch.nn as nn
 from mmengine.config import DictAction
 
 from convnext_mm.checkpoint import CheckpointError, load_pretrained
-from convnext_mm.demo import demo_config
-from convnext_mm.runtime import apply_cfg_options, build_model, load_config
+from convnext_mm.runtime import build_model, config_from_command_line
 from convnext_mm.trained import CheckpointMismatchError, load_trained
 
 MAX_RELATIVE_DEVIATION = 1e-4
@@ -209,6 +208,8 @@ def parse_args(argv=None):
     parser.add_argument('--time', type=int, default=0, metavar='N',
                         help='time onnxruntime, PyTorch fp32 and bf16 over N interleaved runs')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
+    # What config_from_command_line also reads (tools/train.py's and tools/test.py's options): unused here.
+    parser.set_defaults(launcher='none', work_dir=None)
     args = parser.parse_args(argv)
     for label, path in (('config', args.config), ('checkpoint', args.checkpoint)):
         if not osp.isfile(path):
@@ -224,10 +225,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, None if args.demo else args.cfg_options)
-    if args.demo:
-        demo_config(cfg)  # first, so that --cfg-options can still change it (as tools/test.py)
-        apply_cfg_options(cfg, args.cfg_options)
+    cfg = config_from_command_line(args)  # --demo and --cfg-options as tools/test.py applies them
     cfg.model.backbone.init_cfg = None  # the weights come from CHECKPOINT
     model = build_model(cfg)
     load_weights(model, args)

@@ -34,8 +34,7 @@ from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from convnext_mm.checkpoint import CheckpointError
-from convnext_mm.demo import demo_config
-from convnext_mm.runtime import apply_cfg_options, load_config
+from convnext_mm.runtime import config_from_command_line
 from convnext_mm.trained import CheckpointMismatchError, check_fits, checkpoint_meta, read_trained
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
@@ -57,6 +56,8 @@ def parse_args(argv=None):
     parser.add_argument('--demo', action='store_true',
                         help='the checkpoint is from tools/train.py --demo: use demo mode\'s classes and image size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
+    # What config_from_command_line also reads (tools/train.py's and tools/test.py's options): unused here.
+    parser.set_defaults(launcher='none', work_dir=None)
     args = parser.parse_args(argv)
     if not osp.isfile(args.config):
         parser.error(f'config {args.config!r} is not a file')
@@ -283,10 +284,7 @@ def video_writer(videos, video_path, picture, out_dir):
 def main(argv=None):
     args = parse_args(argv)
     items = list_inputs(args.inputs)
-    cfg = load_config(args.config, None if args.demo else args.cfg_options)
-    if args.demo:
-        demo_config(cfg)  # first, so that --cfg-options can still change it (as tools/test.py)
-        apply_cfg_options(cfg, args.cfg_options)
+    cfg = config_from_command_line(args)  # --demo and --cfg-options as tools/test.py applies them
     inferencer = build_inferencer(cfg, args)
     if args.bf16:
         run_in_bf16(inferencer.model, torch.device(args.device).type)
