@@ -113,7 +113,8 @@ def _read_file(path):
         raise CheckpointError(
             f'{path} holds objects that safe loading (torch.load weights_only=True) refuses, so it is not a '
             f'plain checkpoint; re-save its state dict with torch.save. Details: {error}') from error
-    except (RuntimeError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    # OSError: torch.load's error for some truncated zip archives (Errno 22); the file itself exists.
+    except (RuntimeError, EOFError, ValueError, KeyError, OSError, zipfile.BadZipFile) as error:
         raise _corrupt(path, error) from error
 
 

@@ -7,7 +7,7 @@ fit, and an error says which parts of the model differ and what to do.
 """
 import torch
 
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import read_checkpoint
 from .demo_data import CLASSES as DEMO_CLASSES
 from .demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
 
@@ -79,19 +79,9 @@ def _fit_hint(checkpoint):
     return 'Give the config the checkpoint was trained with.'
 
 
-def read_trained(path):
-    """The checkpoint at ``path``, read by convnext_mm's safe reader; a missing or corrupt file is a
-    ``CheckpointError`` that says so."""
-    try:
-        return read_checkpoint(path)
-    except OSError as error:  # torch.load's error for a truncated zip archive
-        raise CheckpointError(f'{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt: '
-                              f'download or save it again. Details: {error}') from error
-
-
 def load_trained(model, checkpoint_path, config_path):
-    """Read ``checkpoint_path`` (:func:`read_trained`), check that it fits ``model`` and load it; returns the
+    """Read ``checkpoint_path`` (:func:`read_checkpoint`), check that it fits ``model`` and load it; returns the
     checkpoint (its ``meta`` has the class names)."""
-    checkpoint = read_trained(checkpoint_path)
+    checkpoint = read_checkpoint(checkpoint_path)
     model.load_state_dict(check_fits(model, checkpoint, checkpoint_path, config_path))
     return checkpoint

@@ -33,9 +33,9 @@ import torch
 from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
-from convnext_mm.checkpoint import CheckpointError
+from convnext_mm.checkpoint import CheckpointError, read_checkpoint
 from convnext_mm.runtime import config_from_command_line
-from convnext_mm.trained import CheckpointMismatchError, check_fits, checkpoint_meta, read_trained
+from convnext_mm.trained import CheckpointMismatchError, check_fits, checkpoint_meta
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
@@ -172,7 +172,7 @@ def random_palette(count):
 
 def build_inferencer(cfg, args):
     try:
-        checkpoint = read_trained(args.checkpoint)
+        checkpoint = read_checkpoint(args.checkpoint)
     except CheckpointError as exception:
         raise error(str(exception))
     if cfg.default_scope == 'mmdet':
