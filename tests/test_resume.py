@@ -1,5 +1,6 @@
-"""Resume: a training run killed with SIGKILL after a checkpoint, resumed with ``tools/train.py --resume``, ends at
-the same iteration with the same weights, optimizer and scheduler state as a run never interrupted.
+"""Resume: a training run killed with SIGKILL after a checkpoint, resumed with ``tools/train.py --resume`` (from the
+work dir's last checkpoint, or from a given one), ends at the same iteration with the same weights, optimizer and
+scheduler state as a run never interrupted.
 
 Both loop kinds of the paper's configs, shrunk (atto backbone, tiny images, a few iterations, the demo data):
 Cascade Mask R-CNN (epoch-based; killed in the middle of an epoch) and UperNet (iteration-based; killed while
@@ -150,9 +151,10 @@ def test_sigkill_in_the_middle_of_an_epoch_then_resume(data, tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert sorted(map(osp.basename, glob.glob(osp.join(work_dir, '*.pth')))) == ['epoch_1.pth', 'epoch_2.pth']
 
-    resumed = train(plain, work_dir, '--resume')
+    # --resume PATH: from the checkpoint given, not the latest (epoch 2's), and still to the uninterrupted state.
+    resumed = train(plain, work_dir, '--resume', osp.join(work_dir, 'epoch_1.pth'))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert 'resumed epoch: 2, iter: 4' in resumed.stdout + resumed.stderr
+    assert 'resumed epoch: 1, iter: 2' in resumed.stdout + resumed.stderr
     assert_same_state(osp.join(tmp_path, 'reference', 'epoch_3.pth'), osp.join(work_dir, 'epoch_3.pth'))
     assert torch.load(osp.join(work_dir, 'epoch_3.pth'))['meta']['iter'] == 6
 
