@@ -7,6 +7,7 @@ import math
 import os
 import os.path as osp
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from convnext_mm.runtime import load_config
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
 UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
+MASK_RCNN_T = osp.join(ROOT, 'configs', 'mask_rcnn', 'convnext_t_3x.py')
 IMAGE_SIZE = 64
 
 # The paper's cascade T config shrunk for a CPU test: an atto backbone without pre-trained weights, 64x64 images
@@ -89,8 +91,8 @@ def load_tool(name):
 
 def run_script(args, **env):
     """Run a shell script of tools/ with this interpreter's environment first on PATH."""
-    environment = dict(os.environ, PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''),
-                       **env)
+    environment = dict(os.environ, PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
+    environment.update(env)
     return subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
 
 
@@ -160,11 +162,15 @@ def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
     config.write_text(TINY_CASCADE.format(base=CASCADE_T))
     work_dir = tmp_path / 'work'
     train = run_script(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), str(config), '2', '--work-dir',
-                        str(work_dir), '--cfg-options', f'data_root={tiny_coco}'], PORT=str(free_port()))
+                        str(work_dir), '--auto-scale-lr', '--cfg-options', f'data_root={tiny_coco}'],
+                       PORT=str(free_port()))
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     log = train.stdout + train.stderr
     assert 'Distributed training: True' in log and 'GPU number: 2' in log  # one run of two processes
     assert 'training in fp32' in log and 'SyncBN -> BN' in log
+    # --auto-scale-lr: the config's lr is for 16 images per batch; here 2 processes take 1 each.
+    assert 'LR is set based on batch size of 16 and the current batch size is 2. Scaling the original LR by 0.125' \
+        in log
     losses = [record['loss'] for record in scalars(work_dir) if 'loss' in record]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)  # 4 images / 2 processes x batch 1
     checkpoint = work_dir / 'epoch_1.pth'
@@ -180,8 +186,20 @@ def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
         assert len(pickle.load(f)) == 4
     assert len(list(work_dir.glob('*/painted/*.jpg'))) == 4  # mmdet's place: WORK_DIR/TIMESTAMP/SHOW_DIR
 
+    # tools/dist_test.sh: two processes evaluate two images each and give the metrics of one process.
+    test = run_script(['bash', osp.join(ROOT, 'tools', 'dist_test.sh'), str(config), str(checkpoint), '2',
+                       '--work-dir', str(tmp_path / 'dist_test'), '--cfg-options', f'data_root={tiny_coco}'],
+                      PORT=str(free_port()))
+    assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
+    log = test.stdout + test.stderr
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log
+    assert 'SyncBN -> BN' in log  # tools/test.py logs the CPU adaptations too
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        (logged, ) = set(re.findall(rf'{key}: ([0-9.]+)', log))
+        assert float(logged) == pytest.approx(metrics[key], abs=1e-4), key
 
-def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path):
+
+def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path, monkeypatch):
     ade = write_tiny_ade(str(tmp_path / 'ade'))
     config = tmp_path / 'tiny_upernet.py'
     config.write_text(TINY_UPERNET.format(base=UPERNET_T))
@@ -196,16 +214,97 @@ def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path):
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     (at_end_of_training, ) = [record for record in records if 'mIoU' in record]
 
-    # tools/test.py on the saved checkpoint gives the metrics printed at the end of training ...
+    # tools/test.py on the saved checkpoint gives the metrics printed at the end of training, saves the predicted
+    # label maps (--out) and paints the predictions (--show-dir), and logs the config's CPU adaptations ...
+    monkeypatch.setattr(runtime, 'cuda_available', lambda: False)
     test = load_tool('test')
-    metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--work-dir', str(work_dir),
-                         '--cfg-options', f'data_root={ade}'])
+    metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--work-dir', str(work_dir / 'test'),
+                         '--out', str(tmp_path / 'labels'), '--show-dir', str(tmp_path / 'painted'),
+                         '--cfg-options', f'data_root={ade}', 'default_hooks.visualization.interval=1'])
     assert {key: metrics[key] for key in ('aAcc', 'mIoU', 'mAcc')} == \
         {key: at_end_of_training[key] for key in ('aAcc', 'mIoU', 'mAcc')}
-    # ... and runs mmseg's test-time augmentation.
-    metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--tta', '--work-dir',
-                         str(work_dir), '--cfg-options', f'data_root={ade}'])
-    assert 0 <= metrics['mIoU'] <= 100
+    labels = {path.name: cv2.imread(str(path), cv2.IMREAD_UNCHANGED) for path in (tmp_path / 'labels').iterdir()}
+    assert sorted(labels) == ['ADE_0.png', 'ADE_1.png'] and all(m.shape == (64, 64) for m in labels.values())
+    painted = sorted(path.name for path in (tmp_path / 'painted').rglob('*.png'))  # test_ADE_0.jpg_0.png, ...
+    assert len(painted) == 2 and 'ADE_0' in painted[0] and 'ADE_1' in painted[1]
+    (log, ) = (work_dir / 'test').glob('*/*.log')
+    assert 'no CUDA GPU: training in fp32' in log.read_text()
+    # ... and runs mmseg's test-time augmentation: 6 scales and flips, whose averaged logits give other labels.
+    tta_metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--tta', '--work-dir', str(work_dir),
+                             '--out', str(tmp_path / 'tta_labels'), '--cfg-options', f'data_root={ade}'])
+    assert 0 <= tta_metrics['mIoU'] <= 100
+    tta_labels = {path.name: cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+                  for path in (tmp_path / 'tta_labels').iterdir()}
+    assert sorted(tta_labels) == sorted(labels) and all(m.shape == (64, 64) for m in tta_labels.values())
+    assert any(not np.array_equal(labels[name], tta_labels[name]) for name in labels)
+
+
+def test_tta_pipeline_goes_to_each_dataset_inside_a_wrapper(tmp_path):
+    config = tmp_path / 'concat_test_sets.py'
+    config.write_text(f"""_base_ = {UPERNET_T!r}
+_ade = dict(type='ADE20KDataset', data_root='data/ade', data_prefix=dict(img_path='images', seg_map_path='maps'))
+test_dataloader = dict(dataset=dict(_delete_=True, type='ConcatDataset', datasets=[_ade, _ade]))
+""")
+    checkpoint = tmp_path / 'weights.pth'
+    checkpoint.write_bytes(b'')
+    test = load_tool('test')
+    cfg = test.build_config(test.parse_args([str(config), str(checkpoint), '--tta']))
+    wrapper = cfg.test_dataloader.dataset
+    assert 'pipeline' not in wrapper and cfg.model.type == 'SegTTAModel'
+    assert [dataset.pipeline for dataset in wrapper.datasets] == [cfg.tta_pipeline] * 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the machine without a GPU')
+def test_slurm_train_sh_runs_train_py_through_srun(tmp_path):
+    """A stand-in srun (on PATH) records its arguments and runs the command as Slurm's task 0 of 1; on a machine
+    without a GPU, tools/train.py then stops with the message that --launcher slurm needs CUDA GPUs."""
+    stand_in = tmp_path / 'bin' / 'srun'
+    stand_in.parent.mkdir()
+    stand_in.write_text("""#!/usr/bin/env bash
+printf '%s\\n' "$@" > "$SRUN_ARGUMENTS"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -p) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1 SLURM_NODELIST=localhost exec "$@"
+""")
+    stand_in.chmod(0o755)
+    arguments = tmp_path / 'srun_arguments'
+    train = run_script(['bash', osp.join(ROOT, 'tools', 'slurm_train.sh'), 'gpu_partition', 'convnext_job', CASCADE_T,
+                        str(tmp_path / 'work'), '--auto-scale-lr'],
+                       PATH=os.pathsep.join([str(stand_in.parent), osp.dirname(sys.executable), os.environ['PATH']]),
+                       SRUN_ARGUMENTS=str(arguments), GPUS='16', GPUS_PER_NODE='8', SRUN_ARGS='--mem=0')
+    assert arguments.read_text().splitlines() == [
+        '-p', 'gpu_partition', '--job-name=convnext_job', '--gres=gpu:8', '--ntasks=16', '--ntasks-per-node=8',
+        '--cpus-per-task=5', '--kill-on-bad-exit=1', '--mem=0', 'python', '-u', osp.join(ROOT, 'tools', 'train.py'),
+        CASCADE_T, f'--work-dir={tmp_path / "work"}', '--launcher=slurm', '--auto-scale-lr']
+    assert train.returncode == 1 and 'error: --launcher slurm needs CUDA GPUs' in train.stderr, train.stderr[-3000:]
+
+
+def test_test_tool_demo_mode_with_data_root(tmp_path, monkeypatch):
+    """tools/test.py --demo evaluates on the demo's validation data, generated at data_root (the model shrunk with
+    --cfg-options, and 4 images, to keep the test short)."""
+    from convnext_mm.demo_data import MARKER
+    from convnext_mm.runtime import build_model
+    monkeypatch.chdir(tmp_path)  # nothing may be written to ./data/demo
+    options = [f'data_root={tmp_path / "demo_ade"}', 'model.backbone.arch=atto',
+               'model.decode_head.in_channels=[40,80,160,320]', 'model.decode_head.channels=16',
+               'model.auxiliary_head.in_channels=160', 'model.auxiliary_head.channels=8',
+               'test_dataloader.dataset.indices=4']
+    checkpoint = tmp_path / 'demo_model.pth'
+    checkpoint.write_bytes(b'')
+    test = load_tool('test')
+    argv = [UPERNET_T, str(checkpoint), '--demo', '--work-dir', str(tmp_path / 'work'), '--cfg-options', *options]
+    cfg = test.build_config(test.parse_args(argv))
+    torch.save({'state_dict': build_model(cfg).state_dict()}, checkpoint)
+    metrics = test.main(argv)
+    assert {'aAcc', 'mIoU', 'mAcc'} <= set(metrics)
+    assert (tmp_path / 'demo_ade' / MARKER).is_file() and not (tmp_path / 'data').exists()
+    (log, ) = (tmp_path / 'work').glob('*/*.log')
+    assert '| circle |' in log.read_text().replace('  ', ' ').replace('  ', ' ')  # the demo's classes, evaluated
 
 
 def test_missing_imagenet_checkpoint_stops_training_with_the_fix(tiny_coco, tmp_path, monkeypatch):
@@ -232,7 +331,7 @@ def test_test_tool_refuses_a_missing_checkpoint(tmp_path, capsys):
 
 
 def test_get_flops_reports_parameters_and_flops_beside_the_paper(capsys):
-    mask_rcnn = osp.join(ROOT, 'configs', 'mask_rcnn', 'convnext_t_3x.py')
+    mask_rcnn = MASK_RCNN_T
     load_tool('get_flops').main([mask_rcnn, UPERNET_T, '--shape', '128', '128'])
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(ROOT)}
     # columns: config, input, params (M), paper params, GFLOPs, paper GFLOPs ('-': not the paper's input size)
@@ -243,15 +342,73 @@ def test_get_flops_reports_parameters_and_flops_beside_the_paper(capsys):
     assert 1 < float(rows[UPERNET_T][4]) < float(rows[mask_rcnn][4])
 
 
+def readme_params_and_flops(config):
+    """The README's "params here" and "FLOPs here" for ``config`` (the last two cells of its results row)."""
+    link = f']({osp.relpath(config, ROOT)})'
+    with open(osp.join(ROOT, 'README.md')) as f:
+        (row, ) = [line for line in f if line.startswith('|') and link in line]
+    return tuple(cell.strip() for cell in row.strip().strip('|').split('|')[-2:])
+
+
+@pytest.mark.parametrize('config', [MASK_RCNN_T, UPERNET_T])
+def test_get_flops_gives_the_readme_numbers_at_the_paper_input_size(config, capsys):
+    load_tool('get_flops').main([config])
+    (row, ) = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(config)]
+    # columns: config, input, params (M), paper params, GFLOPs, paper GFLOPs
+    assert row[1] == {MASK_RCNN_T: '1280x800', UPERNET_T: '2048x512'}[config]
+    assert (f'{row[2]}M', f'{row[4]}G') == readme_params_and_flops(config)
+
+
 @pytest.mark.parametrize('config', [CASCADE_T, UPERNET_T])
-def test_benchmark_reports_images_per_second(config, capsys):
+def test_benchmark_reports_the_speed_of_the_timed_test_steps(config, capsys, monkeypatch):
+    """The whole model's test_step runs warm-up + timed times on an image of --shape, and the speed reported is
+    that of the timed steps (each timed here as well, from outside the tool)."""
+    import time
+
+    from mmengine.model import BaseModel
+    steps = []
+    test_step = BaseModel.test_step  # the detectors' and segmentors' own
+
+    def timed_test_step(model, data):
+        start = time.perf_counter()
+        result = test_step(model, data)
+        steps.append((tuple(data['inputs'][0].shape), time.perf_counter() - start))
+        return result
+
+    monkeypatch.setattr(BaseModel, 'test_step', timed_test_step)
     args = [config, '--shape', '96', '128', '--warmup', '1', '--iters', '2', '--device', 'cpu']
     if config == CASCADE_T:  # few proposals: the untrained detector's 1000 would dominate the time of this test
         args += ['--cfg-options', 'model.test_cfg.rpn.max_per_img=8']
     load_tool('benchmark').main(args)
     output = capsys.readouterr().out
     speed = float(output.split(': ')[1].split(' images/s')[0])
-    assert speed > 0 and '128x96 input' in output
+    assert '128x96 input' in output and '2 timed after 1 warm-up' in output
+    assert [shape for shape, _ in steps] == [(3, 96, 128)] * 3
+    timed = sum(seconds for _, seconds in steps[1:])
+    assert 2 / speed == pytest.approx(timed, rel=0.05, abs=0.02)
+
+
+def test_backbone_benchmark_peak_growth_counts_the_step_alone():
+    benchmark_backbone = load_tool('benchmark_backbone')
+    earlier = torch.ones(64 * 2**20)  # 256 MiB written, then freed: the process's peak stays that much higher
+    del earlier
+    growth = benchmark_backbone.peak_rss_growth_of(lambda: torch.ones(8 * 2**20).sum())  # 32 MiB
+    assert 24 * 2**20 <= growth < 100 * 2**20, f'{growth / 2**20:.0f} MiB'
+
+
+@pytest.mark.parametrize('size', [(800, 1333), (256, 320)])
+def test_backbone_benchmark_detector_boxes_fit_the_image_size(size):
+    batch = load_tool('benchmark_backbone').synthetic_detection_batch(size)
+    height, width = size
+    assert tuple(batch['inputs'][0].shape) == (3, height, width)
+    instances = batch['data_samples'][0].gt_instances
+    boxes = instances.bboxes
+    if size == (800, 1333):
+        assert boxes.tolist() == [[100, 120, 500, 600], [600, 50, 1000, 400], [300, 400, 1200, 780]]
+    assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all() and (boxes >= 0).all()
+    assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
+    assert instances.masks.masks.reshape(3, -1).sum(1).tolist() == areas
 
 
 def official_layout(state_dict):

@@ -153,7 +153,8 @@ def largest_relative_difference(tensors, references):
 
 # ---------------------------------------------------------------- peak memory of one step
 def peak_rss_growth_of(fn):
-    """Growth of this process's peak resident set while ``fn`` runs, in bytes (Linux)."""
+    """Growth of this process's peak resident set while ``fn`` runs, in bytes (Linux): the peak is reset to the
+    current resident set first, so peaks reached before (building the models) do not count."""
 
     def status_kib(field):
         with open('/proc/self/status') as f:
@@ -162,6 +163,8 @@ def peak_rss_growth_of(fn):
                     return int(line.split()[1])
         raise RuntimeError(f'no {field} in /proc/self/status')
 
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # Linux >= 4.0: VmHWM := VmRSS
     before = status_kib('VmRSS')
     fn()
     return (status_kib('VmHWM') - before) * 1024
@@ -286,27 +289,38 @@ def run_backbone_benchmark(args):
 
 
 # ---------------------------------------------------------------- a detector's training step
-def detector_training_step(config, with_cp, size, device):
-    """Peak memory (bytes) and seconds of one training step of the config's model on a synthetic image."""
+# Three boxes (x1, y1, x2, y2) as fractions of the image's width and height: at 800x1333, (100, 120, 500, 600),
+# (600, 50, 1000, 400) and (300, 400, 1200, 780).
+BOX_FRACTIONS = [[0.075, 0.15, 0.375, 0.75], [0.45, 0.0625, 0.75, 0.5], [0.225, 0.5, 0.9, 0.975]]
+
+
+def synthetic_detection_batch(size):
+    """One random image of ``size`` (height, width) with three boxes and their masks, at the same places of the
+    image whatever its size."""
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
 
-    from convnext_mm.runtime import build_model, load_config
-
-    cfg = load_config(config, {'model.backbone.with_cp': with_cp})
-    model = build_model(cfg).to(device).train()
     height, width = size
     generator = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
-    boxes = torch.tensor([[100., 120., 500., 600.], [600., 50., 1000., 400.], [300., 400., 1200., 780.]])
+    boxes = (torch.tensor(BOX_FRACTIONS) * torch.tensor([width, height, width, height])).round()
     masks = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
     for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
         mask[y1:y2, x1:x2] = 1
     sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1., 1.)))
     sample.gt_instances = InstanceData(
         bboxes=boxes, labels=torch.tensor([0, 1, 2]), masks=BitmapMasks(masks.numpy(), height, width))
-    batch = model.data_preprocessor(dict(inputs=[image], data_samples=[sample]), training=True)
+    return dict(inputs=[image], data_samples=[sample])
+
+
+def detector_training_step(config, with_cp, size, device):
+    """Peak memory (bytes) and seconds of one training step of the config's model on a synthetic image."""
+    from convnext_mm.runtime import build_model, load_config
+
+    cfg = load_config(config, {'model.backbone.with_cp': with_cp})
+    model = build_model(cfg).to(device).train()
+    batch = model.data_preprocessor(synthetic_detection_batch(size), training=True)
 
     def step():
         losses = model(**batch, mode='loss')

@@ -16,7 +16,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from convnext_mm.data_checks import DataError, check_datasets
+from convnext_mm.data_checks import DataError, check_datasets, leaf_datasets
 from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu
 
 
@@ -29,7 +29,8 @@ def parse_args(argv=None):
         '--out',
         help='detection: dump predictions to this .pkl file; segmentation: save predicted label maps in this dir')
     parser.add_argument(
-        '--show-dir', help='save painted predictions in this dir (under work_dir/TIMESTAMP/ for detection)')
+        '--show-dir', help='save painted predictions in this dir (under work_dir/TIMESTAMP/ for detection; for '
+        'segmentation, of every default_hooks.visualization.interval-th image, as mmseg: set it to 1 for all)')
     parser.add_argument('--tta', action='store_true', help="test with the config's test-time augmentation")
     parser.add_argument(
         '--demo', action='store_true', help='test a checkpoint of tools/train.py --demo on the demo val data')
@@ -81,7 +82,8 @@ def use_test_time_augmentation(cfg, config_path):
     if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
         raise SystemExit(f'error: --tta: {config_path} defines no tta_model and tta_pipeline (the paper tests '
                          'segmentation with test-time augmentation, detection without); add both to the config')
-    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    for dataset in leaf_datasets(cfg.test_dataloader.dataset):  # a wrapper (ConcatDataset, ...) takes no pipeline
+        dataset['pipeline'] = cfg.tta_pipeline
     cfg.tta_model.module = cfg.model
     cfg.model = cfg.tta_model
 
@@ -92,12 +94,14 @@ def main(argv=None):
     if args.out is not None and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'error: --out {args.out}: detection predictions are dumped to a .pkl file')
     init_distributed_on_cpu(args.launcher)
-    fit_config_to_machine(cfg, distributed=args.launcher != 'none')
+    changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
         check_datasets(cfg, ('test', ))
     except DataError as error:  # missing or malformed data: the message names the file and the fix
         raise SystemExit(f'error: {error}')
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    for change in changes:
+        runner.logger.warning(change)
     if args.out is not None and cfg.default_scope == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
