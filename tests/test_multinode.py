@@ -146,7 +146,7 @@ def test_two_nodes_train_a_dead_node_ends_the_other_and_resume_continues(coco, n
     log0 = node0.log()
     assert 'Epoch(train) [2][1/2]' in log0 and 'Epoch(train) [2][2/2]' not in log0, tail(run)
     assert 'error: lost contact with another process of this distributed run' in log0, tail(run)
-    assert 'Connection closed by peer' in log0 and '--resume on every node' in log0, tail(run)
+    assert '--resume on every node' in log0, tail(run)  # gloo's own words vary: connection closed, reset
     assert sorted(f for f in os.listdir(work_dir) if f.endswith('.pth')) == ['epoch_1.pth']
 
     # Both nodes again, with --resume: from epoch 1, the last complete checkpoint, to the end.
