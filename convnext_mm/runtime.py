@@ -141,14 +141,17 @@ def cuda_available():
     return torch.cuda.is_available()
 
 
-def init_distributed_on_cpu(launcher, timeout=None):
-    """Without CUDA, start the process group with gloo (torchrun's environment) before mmengine's Runner would.
+def init_distributed_on_cpu(cfg):
+    """Without CUDA, start the process group of ``cfg.launcher`` with gloo (torchrun's environment) before
+    mmengine's Runner would.
 
-    ``timeout`` (seconds; the config's ``env_cfg.dist_cfg.timeout``, which mmengine's ``init_dist`` would apply)
-    bounds how long a process waits in a collective for a peer that neither answers nor closes its connection
-    (a frozen process, a lost node); torch's default for gloo is 30 minutes. A peer that dies closes its
-    connections, and the others fail at once whatever the timeout.
+    The config's ``env_cfg.dist_cfg.timeout`` (seconds, which mmengine's ``init_dist`` would apply) bounds how long
+    a process waits in a collective for a peer that neither answers nor closes its connection (a frozen process,
+    a lost node); torch's default for gloo is 30 minutes. A peer that dies closes its connections, and the others
+    fail at once whatever the timeout.
     """
+    launcher = cfg.launcher
+    timeout = cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout')
     if launcher == 'none' or cuda_available() or dist.is_initialized():
         return
     if launcher != 'pytorch':

@@ -93,7 +93,7 @@ def main(argv=None):
     cfg = build_config(args)
     if args.out is not None and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'error: --out {args.out}: detection predictions are dumped to a .pkl file')
-    init_distributed_on_cpu(args.launcher)
+    init_distributed_on_cpu(cfg)
     changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
         check_datasets(cfg, ('test', ))

@@ -100,7 +100,7 @@ def build_runner(cfg):
 def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
-    init_distributed_on_cpu(args.launcher, timeout=cfg.get('env_cfg', {}).get('dist_cfg', {}).get('timeout'))
+    init_distributed_on_cpu(cfg)
     changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
         # In a distributed run the first collectives: the data check's verdict, the run's timestamp and seed,
