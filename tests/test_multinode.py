@@ -23,7 +23,7 @@ from mmengine.config import Config
 
 import convnext_mm  # noqa: F401  registers the safe globals for torch.load
 from convnext_mm.demo_data import CLASSES, make_coco
-from tiny_models import shrink_cascade
+from tiny_models import read_coco_data, shrink_cascade
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
@@ -39,19 +39,7 @@ def tiny_cascade(data_root, path, sigkill=None):
     """The cascade config shrunk, 2 epochs of 2 iterations (4 images over 2 processes) and a checkpoint after
     each, no validation; ``sigkill``: SigkillHook args (tests/sigkill_hook.py)."""
     cfg = shrink_cascade(Config.fromfile(CASCADE_T), len(CLASSES))
-    resize = dict(type='Resize', scale=(64, 64), keep_ratio=True)
-    load = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True)]
-    pipelines = dict(train=[*load, resize, dict(type='RandomFlip', prob=0.5), dict(type='PackDetInputs')],
-                     val=[load[0], resize, load[1], dict(type='PackDetInputs')])
-    for split in ('train', 'val'):
-        loader = cfg[f'{split}_dataloader']
-        loader.update(batch_size=1, num_workers=0, persistent_workers=False)
-        loader.dataset.update(data_root=data_root, ann_file=f'annotations/instances_{split}.json',
-                              data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES),
-                              pipeline=pipelines[split])
-    cfg.test_dataloader = cfg.val_dataloader
-    cfg.val_evaluator.ann_file = osp.join(data_root, 'annotations', 'instances_val.json')
-    cfg.test_evaluator = cfg.val_evaluator
+    read_coco_data(cfg, data_root, CLASSES, (64, 64), batch_size=1)
     cfg.train_cfg.update(max_epochs=2, val_begin=3)
     cfg.param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2)]
     cfg.default_hooks.logger.interval = 1

@@ -24,7 +24,7 @@ from mmengine.config import Config
 
 import convnext_mm  # noqa: F401  registers the safe globals for torch.load
 from convnext_mm.demo_data import CLASSES, SEG_CLASSES, make_ade, make_coco
-from tiny_models import shrink_cascade, shrink_upernet
+from tiny_models import read_coco_data, shrink_cascade, shrink_upernet
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
@@ -35,21 +35,7 @@ UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py'
 def tiny_cascade(data_root):
     """Cascade ConvNeXt config shrunk: 3 epochs of 2 iterations, a checkpoint after each, validation after 2, 3."""
     cfg = shrink_cascade(Config.fromfile(CASCADE_T), len(CLASSES))
-    resize = dict(type='Resize', scale=(96, 96), keep_ratio=True)
-    pipelines = dict(train=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True,
-                                                                  with_mask=True),
-                            resize, dict(type='RandomFlip', prob=0.5), dict(type='PackDetInputs')],
-                     val=[dict(type='LoadImageFromFile'), resize,
-                          dict(type='LoadAnnotations', with_bbox=True, with_mask=True), dict(type='PackDetInputs')])
-    for split in ('train', 'val'):
-        loader = cfg[f'{split}_dataloader']
-        loader.update(num_workers=0, persistent_workers=False)
-        loader.dataset.update(data_root=data_root, ann_file=f'annotations/instances_{split}.json',
-                              data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES),
-                              pipeline=pipelines[split])
-    cfg.test_dataloader = cfg.val_dataloader
-    cfg.val_evaluator.ann_file = osp.join(data_root, 'annotations', 'instances_val.json')
-    cfg.test_evaluator = cfg.val_evaluator
+    read_coco_data(cfg, data_root, CLASSES, (96, 96))
     cfg.train_cfg.update(max_epochs=3, val_interval=2)
     cfg.param_scheduler = [
         dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3),

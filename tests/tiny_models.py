@@ -4,6 +4,8 @@ same model classes, losses, samplers and data flow, only widths and counts chang
 backbone's numerics tests."""
 import re
 
+import os.path as osp
+
 import pytest
 import torch
 
@@ -38,6 +40,25 @@ def shrink_cascade(cfg, num_classes):
         stage.sampler.num = 16
     model.test_cfg.rpn.max_per_img = 16
     model.test_cfg.rcnn.max_per_img = 5
+    return cfg
+
+
+def read_coco_data(cfg, data_root, classes, image_size, **loader_args):
+    """In place: ``cfg``'s (configs/cascade/*) dataloaders and evaluators read the COCO-format data at ``data_root``
+    (demo_data.make_coco), images resized to fit ``image_size``, in this process (no workers)."""
+    resize = dict(type='Resize', scale=image_size, keep_ratio=True)
+    load = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True)]
+    pipelines = dict(train=[*load, resize, dict(type='RandomFlip', prob=0.5), dict(type='PackDetInputs')],
+                     val=[load[0], resize, load[1], dict(type='PackDetInputs')])
+    for split in ('train', 'val'):
+        loader = cfg[f'{split}_dataloader']
+        loader.update(num_workers=0, persistent_workers=False, **loader_args)
+        loader.dataset.update(data_root=data_root, ann_file=f'annotations/instances_{split}.json',
+                              data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=classes),
+                              pipeline=pipelines[split])
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.val_evaluator.ann_file = osp.join(data_root, 'annotations', 'instances_val.json')
+    cfg.test_evaluator = cfg.val_evaluator
     return cfg
 
 
