@@ -16,7 +16,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit
 
-from .checkpoint import TIMM_MODULE_RENAMES, load_pretrained, rename_keys
+from .checkpoint import load_pretrained, rename_timm_module_keys
 from .registry import register_in_hosts
 
 # Depths and widths from the ConvNeXt (V1) and ConvNeXt V2 papers.
@@ -359,10 +359,7 @@ class ConvNeXt(BaseModule):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints saved by convnext_mm 0.1 (a run to resume, a load_from) named the stem and stages as timm
         # does: rename them, or mmengine's non-strict loading would skip those weights with only a warning.
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            new_key = prefix + rename_keys(key[len(prefix):], TIMM_MODULE_RENAMES)
-            if new_key != key:
-                state_dict[new_key] = state_dict.pop(key)
+        rename_timm_module_keys(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):

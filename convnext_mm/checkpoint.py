@@ -63,6 +63,15 @@ def rename_keys(key, renames):
     return key
 
 
+def rename_timm_module_keys(state_dict, prefix=''):
+    """In place: the keys under ``prefix`` that use timm's module names (as convnext_mm 0.1 saved them) get the
+    official ones, for loaders that match keys as they are (mmengine's resume and load_from, torch's)."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new_key = prefix + rename_keys(key[len(prefix):], TIMM_MODULE_RENAMES)
+        if new_key != key:
+            state_dict[new_key] = state_dict.pop(key)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded into the ConvNeXt backbone; the message says why and what to do."""
 

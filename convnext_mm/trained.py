@@ -7,7 +7,8 @@ fit, and an error says which parts of the model differ and what to do.
 """
 import torch
 
-from .checkpoint import read_checkpoint
+from .backbone import ConvNeXt
+from .checkpoint import read_checkpoint, rename_timm_module_keys
 from .demo_data import CLASSES as DEMO_CLASSES
 from .demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
 
@@ -43,6 +44,8 @@ def check_fits(model, checkpoint, checkpoint_path, config_path):
     """Raise :class:`CheckpointMismatchError` unless the checkpoint has every tensor of ``model``, with its
     shape, and nothing else."""
     state = model_state(checkpoint, checkpoint_path)
+    if isinstance(getattr(model, 'backbone', None), ConvNeXt):
+        rename_timm_module_keys(state, 'backbone.')  # a model trained with convnext_mm 0.1, as the backbone loads it
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

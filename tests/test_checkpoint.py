@@ -490,3 +490,15 @@ def test_checkpoint_of_convnext_mm_0_1_resumes_through_mmengine(tmp_path):
     load_checkpoint(model, str(path), strict=False)
     assert_loaded(model.backbone, source, (0, 1, 2, 3))
     model.backbone.load_state_dict(own_file_before_0_2(source))  # strict, torch's own
+
+
+def test_trained_model_of_convnext_mm_0_1_passes_the_tools_check(tmp_path):
+    """tools/infer.py and export_onnx.py check a trained checkpoint key by key before loading: old names fit too."""
+    from convnext_mm.trained import load_trained
+    source = make_source()
+    path = tmp_path / 'epoch_36.pth'
+    torch.save({'state_dict': {'backbone.' + k: v for k, v in own_file_before_0_2(source).items()}}, path)
+    model = torch.nn.Module()
+    model.backbone = ConvNeXt(arch=TINY_ARCH)
+    load_trained(model, str(path), 'config.py')
+    assert_loaded(model.backbone, source, (0, 1, 2, 3))
