@@ -1,7 +1,7 @@
 """Speed, peak memory and numerics of our ConvNeXt backbone against the paper's formulation, in one run.
 
     python tools/benchmark_backbone.py [--quick] [--archs tiny base] [--sizes 8x224x224 1x800x1216]
-        [--reps 5] [--threads N] [--compile] [--no-memory]
+        [--reps 5] [--threads N] [--compile] [--no-memory] [--timm] [--precisions fp32 bf16 ...]
     python tools/benchmark_backbone.py --detector-memory configs/cascade/convnext_t_3x.py [--size 800x1333]
 
 The reference (``PaperConvNeXt`` below) is the official code's sequence of operations: NCHW maps, a permute to
@@ -12,15 +12,21 @@ train mode) the two models run alternately, the order flipping every repetition,
 images/s of each, their ratio, peak memory, and the largest difference of the outputs (and, for a training step,
 of the parameter gradients), relative to the largest magnitude of that tensor.
 
-Peak memory: on a GPU, ``torch.cuda.max_memory_allocated`` during one step; on the CPU, the growth of the
-process's peak resident set (VmHWM) over one step, each measured in a fresh subprocess (PyTorch keeps no CPU
-allocator statistics).
+Peak memory: on a GPU, ``torch.cuda.max_memory_allocated`` during one step, over what was allocated before it
+(the allocator's peak is reset first); on the CPU, the growth of the process's peak resident set (VmHWM) over one
+step, measured in a fresh subprocess (PyTorch keeps no CPU allocator statistics).
+
+``--timm`` (where timm is installed, e.g. a GPU machine) adds timm's ConvNeXt of the same arch as a model column,
+built as detection uses it (``features_only=True``, the four stage maps, without our output norms), with its own
+random weights: a speed and memory comparison only, so its output-difference column stays empty. With
+``--compile`` it is also timed under ``torch.compile``.
 
 ``--detector-memory CONFIG`` instead measures one training step (forward, losses, backward) of the config's
 detector on a synthetic image with a few boxes and masks, with the backbone's ``with_cp`` off and on, each in a
 fresh subprocess, and prints the peak memory of both.
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -99,8 +105,9 @@ class PaperConvNeXt(nn.Module):
 
 
 # ---------------------------------------------------------------- the models and one step of each
-def build_models(arch, device, compile_ours=False, seed=0):
-    """Ours (and, with ``compile_ours``, ours with ``compile=True``) and the paper's, all with the same weights.
+def build_models(arch, device, compile_ours=False, seed=0, with_timm=False):
+    """Ours (and, with ``compile_ours``, ours with ``compile=True``) and the paper's, all with the same weights;
+    with ``with_timm``, timm's model of the arch (compiled too with ``compile_ours``).
 
     Weights: PyTorch's default init, then layer scales in [0.1, 1] and norm affines near (1, 0), as in trained
     models: the default layer scale of 1e-6 would hide every block's branch from the comparison.
@@ -120,6 +127,12 @@ def build_models(arch, device, compile_ours=False, seed=0):
     if compile_ours:
         models['ours+compile'] = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), compile=True)
         models['ours+compile'].load_state_dict(ours.state_dict())
+    if with_timm:
+        import timm
+        models['timm'] = timm.create_model(f'convnext_{arch}', features_only=True, out_indices=(0, 1, 2, 3))
+        if compile_ours:
+            models['timm+compile'] = torch.compile(
+                timm.create_model(f'convnext_{arch}', features_only=True, out_indices=(0, 1, 2, 3)), dynamic=False)
     return {name: model.to(device) for name, model in models.items()}
 
 
@@ -169,19 +182,23 @@ def peak_rss_growth_of(fn):
     return (status_kib('VmHWM') - before) * 1024
 
 
+def cuda_peak_of_step(model, x, step, amp_dtype):
+    """Bytes the CUDA allocator held at its peak during one step, over what it held before: the allocator keeps
+    its own statistics, so this needs no fresh process. Run after a warm-up step (cuDNN workspaces and
+    autotuning are not the model's)."""
+    model.zero_grad(set_to_none=True)
+    synchronize(x.device)
+    base = torch.cuda.memory_allocated(x.device)
+    torch.cuda.reset_peak_memory_stats(x.device)
+    run_step(model, x, step, amp_dtype)
+    synchronize(x.device)
+    return torch.cuda.max_memory_allocated(x.device) - base
+
+
 def peak_memory_of_step(model_name, arch, shape, step, device, amp_dtype):
-    """Bytes of peak memory of one step: CUDA allocator peak, or (CPU) the peak-RSS growth in this process."""
+    """Bytes of peak-RSS growth of one CPU step of a freshly built model, in this process."""
     model = build_models(arch, device)[model_name]
     x = torch.randn(shape, device=device)
-    if device.type == 'cuda':
-        run_step(model, x, step, amp_dtype)  # warm-up: cuDNN workspaces and autotuning are not the model's
-        model.zero_grad(set_to_none=True)
-        synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        run_step(model, x, step, amp_dtype)
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
     return peak_rss_growth_of(lambda: run_step(model, x, step, amp_dtype))
 
 
@@ -211,8 +228,8 @@ def time_interleaved(models, x, step, amp_dtype, reps):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps, compile_ours, memory):
-    models = build_models(arch, device, compile_ours)
+def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps, compile_ours, memory, with_timm):
+    models = build_models(arch, device, compile_ours, with_timm=with_timm)
     x = torch.randn(shape, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -221,19 +238,23 @@ def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps,
     for name, model in models.items():  # warm-up, and the outputs to compare
         first = time.perf_counter()
         results[name] = run_step(model, x, step, amp_dtype)
-        if name == 'ours+compile':
-            print(f'  (ours+compile: first {step} step, with compilation, took {time.perf_counter() - first:.0f} s)',
+        if name.endswith('+compile'):
+            print(f'  ({name}: first {step} step, with compilation, took {time.perf_counter() - first:.0f} s)',
                   flush=True)
     seconds = time_interleaved(models, x, step, amp_dtype, reps)
     rows = []
     ref_outs, ref_grads = results['paper']
     for name in models:
         outs, grads = results[name]
+        same_weights = not name.startswith('timm')
         row = dict(arch=arch, shape='x'.join(map(str, shape)), step=step, model=name,
                    images_per_s=shape[0] / seconds[name], vs_paper=seconds['paper'] / seconds[name],
-                   out_diff=largest_relative_difference(outs, ref_outs),
-                   grad_diff=largest_relative_difference(grads, ref_grads) if grads else None, peak_mib=None)
-        if memory and name != 'ours+compile':  # its first step would count the compiler's memory
+                   out_diff=largest_relative_difference(outs, ref_outs) if same_weights else None,
+                   grad_diff=largest_relative_difference(grads, ref_grads) if grads and same_weights else None,
+                   peak_mib=None)
+        if memory and device.type == 'cuda':
+            row['peak_mib'] = cuda_peak_of_step(models[name], x, step, amp_dtype) / 2**20
+        elif memory and name != 'ours+compile':  # its first step would count the compiler's memory
             request = dict(model=name, arch=arch, shape=list(shape), step=step, device=str(device),
                            amp=str(amp_dtype).replace('torch.', '') if amp_dtype else None)
             row['peak_mib'] = measure_in_subprocess(request) / 2**20
@@ -249,9 +270,10 @@ def format_table(rows, precision_label):
     lines = [header, '|' + '---|' * 10]
     for r in rows:
         peak = f'{r["peak_mib"]:.0f}' if r['peak_mib'] is not None else '-'
+        out = f'{r["out_diff"]:.1e}' if r['out_diff'] is not None else '-'
         grad = f'{r["grad_diff"]:.1e}' if r['grad_diff'] is not None else '-'
         lines.append(f'| {r["arch"]} | {r["shape"]} | {r["step"]} | {precision_label(r)} | {r["model"]} '
-                     f'| {r["images_per_s"]:.3g} | {r["vs_paper"]:.2f}x | {peak} | {r["out_diff"]:.1e} | {grad} |')
+                     f'| {r["images_per_s"]:.4g} | {r["vs_paper"]:.2f}x | {peak} | {out} | {grad} |')
     return '\n'.join(lines)
 
 
@@ -262,16 +284,24 @@ def machine_line(device):
     return f'torch {torch.__version__}, {where}, load average {load} (1, 5, 15 min)'
 
 
+# --precisions: (label, autocast dtype, channels_last input) on each device. TF32 as in the paper's A100 throughput.
+CUDA_SETTINGS = {
+    'fp32-nchw': ('fp32 (TF32)', None, False),
+    'fp32': ('fp32 (TF32), channels_last', None, True),
+    'bf16': ('AMP bf16, channels_last', torch.bfloat16, True),
+    'fp16': ('AMP fp16, channels_last', torch.float16, True),
+}
+CPU_SETTINGS = {'fp32': ('fp32', None, False)}
+
+
 def run_backbone_benchmark(args):
     device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     # (label, autocast dtype, channels_last input). TF32 as in the paper's A100 throughput.
     if device.type == 'cuda':
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        settings = [('fp32 (TF32)', None, False), ('fp32 (TF32), channels_last', None, True),
-                    ('AMP bf16, channels_last', torch.bfloat16, True), ('AMP fp16, channels_last', torch.float16, True)]
-    else:
-        settings = [('fp32', None, False)]
+        torch.backends.cudnn.benchmark = True  # as timm's benchmark: the fastest cuDNN kernel for each shape
+    settings = [CUDA_SETTINGS[name] if device.type == 'cuda' else CPU_SETTINGS[name] for name in args.precisions]
     print(f'Before: {machine_line(device)}', flush=True)
     rows = []
     for label, amp_dtype, channels_last in settings:
@@ -279,7 +309,7 @@ def run_backbone_benchmark(args):
             for shape in args.sizes:
                 for step in args.steps:
                     for row in benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, args.reps,
-                                                 args.compile, args.memory):
+                                                 args.compile, args.memory, args.timm):
                         row['precision'] = label
                         rows.append(row)
     print(f'After: {machine_line(device)}')
@@ -389,6 +419,10 @@ def parse_args(argv=None):
                         help='CPU threads (default: torch\'s, one per core); 1 is steadier on a loaded machine')
     parser.add_argument('--compile', action='store_true', help='also time ours with compile=True (minutes more)')
     parser.add_argument('--no-memory', dest='memory', action='store_false', help='skip the peak-memory column')
+    parser.add_argument('--timm', action='store_true', help="also time timm's ConvNeXt of each arch (needs timm)")
+    parser.add_argument('--precisions', nargs='+', choices=sorted(CUDA_SETTINGS),
+                        help='on a GPU: fp32-nchw, fp32 (TF32, channels_last), bf16, fp16 (AMP, channels_last); '
+                             'default all. On the CPU: fp32')
     parser.add_argument('--detector-memory', metavar='CONFIG',
                         help='peak memory of a training step of this detector, with_cp off and on')
     parser.add_argument('--size', type=parse_size, default=(800, 1333), metavar='HxW',
@@ -401,6 +435,15 @@ def parse_args(argv=None):
         parser.error(f'--reps must be at least 1, got {args.reps}')
     if args.threads is not None and args.threads < 1:
         parser.error(f'--threads must be at least 1, got {args.threads}')
+    on_cuda = torch.cuda.is_available()
+    if args.precisions is None:
+        args.precisions = list(CUDA_SETTINGS) if on_cuda else list(CPU_SETTINGS)
+    unavailable = [name for name in args.precisions if name not in (CUDA_SETTINGS if on_cuda else CPU_SETTINGS)]
+    if unavailable:
+        parser.error(f'--precisions {" ".join(unavailable)}: not timed on {"a GPU" if on_cuda else "the CPU"}; '
+                     f'choose from {sorted(CUDA_SETTINGS if on_cuda else CPU_SETTINGS)}')
+    if args.timm and importlib.util.find_spec('timm') is None:
+        parser.error('--timm needs timm installed (pip install timm)')
     return args
 
 
