@@ -28,6 +28,7 @@ fresh subprocess, and prints the peak memory of both.
 import argparse
 import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -343,32 +344,52 @@ def synthetic_detection_batch(size):
     return dict(inputs=[image], data_samples=[sample])
 
 
-def detector_training_step(config, with_cp, size, device):
-    """Peak memory (bytes) and seconds of one training step of the config's model on a synthetic image."""
+def detector_training_step(config, with_cp, size, device, amp=None):
+    """(peak memory in bytes, seconds, losses) of one training step of the config's model on a synthetic image.
+
+    On a GPU: the config's whole training step, ``model.train_step`` through the config's optimizer wrapper (its
+    layer-decay constructor; ``amp`` 'fp16' or 'bf16' makes it mmengine's AmpOptimWrapper of that dtype, None
+    plain fp32), after one warm-up step; the time is the median of three steps. On the CPU: the first forward and
+    backward, no optimizer (the figures of docs/benchmarks.md's CPU table; the peak of the first step, as the
+    resident set does not shrink back between steps)."""
+    from mmengine.optim import build_optim_wrapper
+
     from convnext_mm.runtime import build_model, load_config
 
     cfg = load_config(config, {'model.backbone.with_cp': with_cp})
     model = build_model(cfg).to(device).train()
-    batch = model.data_preprocessor(synthetic_detection_batch(size), training=True)
+    data = synthetic_detection_batch(size)
+    if device == 'cpu':
+        batch = model.data_preprocessor(data, training=True)
 
-    def step():
-        losses = model(**batch, mode='loss')
-        loss, _ = model.parse_losses(losses)
-        loss.backward()
+        def backward():
+            loss, _ = model.parse_losses(model(**batch, mode='loss'))
+            loss.backward()
+            return loss
 
-    if device.type == 'cuda':
-        step()  # warm-up
-        model.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        step()
+        peak = peak_rss_growth_of(backward)
+        return peak, time.perf_counter() - start, None
+    optim_cfg = cfg.optim_wrapper.copy()
+    if amp is None:
+        optim_cfg['type'] = 'OptimWrapper'
+        optim_cfg.pop('loss_scale', None)
+        optim_cfg.pop('dtype', None)
+    else:
+        optim_cfg.update(type='AmpOptimWrapper', dtype=amp)
+    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    model.train_step(data, optim_wrapper)  # warm-up: cuDNN autotuning, the optimizer's state
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        log_vars = model.train_step(data, optim_wrapper)
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated(device) - base, time.perf_counter() - start
-    start = time.perf_counter()
-    peak = peak_rss_growth_of(step)
-    return peak, time.perf_counter() - start
+        seconds.append(time.perf_counter() - start)
+    losses = {name: float(value) for name, value in log_vars.items()}
+    return torch.cuda.max_memory_allocated(device) - base, statistics.median(seconds), losses
 
 
 def run_detector_memory(args):
@@ -376,15 +397,20 @@ def run_detector_memory(args):
     print(f'Before: {machine_line(torch.device(device))}', flush=True)
     results = {}
     for with_cp in (False, True):
-        request = dict(detector=args.detector_memory, with_cp=with_cp, size=list(args.size), device=device)
+        request = dict(detector=args.detector_memory, with_cp=with_cp, size=list(args.size), device=device,
+                       amp=args.amp)
         results[with_cp] = measure_in_subprocess(request)
         print(f'  with_cp={with_cp}: done', flush=True)
     size = f'1x3x{args.size[0]}x{args.size[1]}'
-    print(f'{args.detector_memory}, one training step at {size} on {device}, peak memory of the step:')
-    print('| with_cp | peak memory (MiB) | step time (s) |')
-    print('|---|---|---|')
-    for with_cp, (peak, seconds) in results.items():
-        print(f'| {with_cp} | {peak / 2**20:.0f} | {seconds:.1f} |')
+    precision = f'AMP {args.amp}' if args.amp else 'fp32'
+    print(f'{args.detector_memory}, one training step at {size} on {device} ({precision}), peak memory of the step:')
+    print('| with_cp | peak memory (MiB) | step time (s) | losses |')
+    print('|---|---|---|---|')
+    for with_cp, (peak, seconds, losses) in results.items():
+        if losses is not None and not all(math.isfinite(value) for value in losses.values()):
+            raise SystemExit(f'error: a loss is not finite with_cp={with_cp}: {losses}')
+        shown = ', '.join(f'{name} {value:.3g}' for name, value in losses.items()) if losses else '-'
+        print(f'| {with_cp} | {peak / 2**20:.0f} | {seconds:.2f} | {shown} |')
     saved = 1 - results[True][0] / results[False][0]
     print(f'with_cp saves {saved:.0%} of the peak.')
 
@@ -427,6 +453,8 @@ def parse_args(argv=None):
                         help='peak memory of a training step of this detector, with_cp off and on')
     parser.add_argument('--size', type=parse_size, default=(800, 1333), metavar='HxW',
                         help='image size for --detector-memory')
+    parser.add_argument('--amp', choices=['fp16', 'bf16'],
+                        help="--detector-memory on a GPU: train through mmengine's AmpOptimWrapper in this dtype")
     parser.add_argument('--_measure', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -442,6 +470,8 @@ def parse_args(argv=None):
     if unavailable:
         parser.error(f'--precisions {" ".join(unavailable)}: not timed on {"a GPU" if on_cuda else "the CPU"}; '
                      f'choose from {sorted(CUDA_SETTINGS if on_cuda else CPU_SETTINGS)}')
+    if args.amp and not on_cuda:
+        parser.error('--amp: mmengine\'s AmpOptimWrapper needs a CUDA GPU; on the CPU the step is fp32')
     if args.timm and importlib.util.find_spec('timm') is None:
         parser.error('--timm needs timm installed (pip install timm)')
     return args
@@ -455,7 +485,8 @@ def main(argv=None):
         request = json.loads(args._measure)
         device = torch.device(request['device'])
         if 'detector' in request:
-            result = detector_training_step(request['detector'], request['with_cp'], tuple(request['size']), device)
+            result = detector_training_step(request['detector'], request['with_cp'], tuple(request['size']),
+                                            request['device'], request['amp'])
         else:
             amp = getattr(torch, request['amp']) if request['amp'] else None
             result = peak_memory_of_step(request['model'], request['arch'], tuple(request['shape']), request['step'],
