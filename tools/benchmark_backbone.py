@@ -348,7 +348,7 @@ def detector_training_step(config, with_cp, size, device, amp=None):
     """(peak memory in bytes, seconds, losses) of one training step of the config's model on a synthetic image.
 
     On a GPU: the config's whole training step, ``model.train_step`` through the config's optimizer wrapper (its
-    layer-decay constructor; ``amp`` 'fp16' or 'bf16' makes it mmengine's AmpOptimWrapper of that dtype, None
+    layer-decay constructor; ``amp`` 'float16' or 'bfloat16' makes it mmengine's AmpOptimWrapper of that dtype, None
     plain fp32), after one warm-up step; the time is the median of three steps. On the CPU: the first forward and
     backward, no optimizer (the figures of docs/benchmarks.md's CPU table; the peak of the first step, as the
     resident set does not shrink back between steps)."""
@@ -453,7 +453,7 @@ def parse_args(argv=None):
                         help='peak memory of a training step of this detector, with_cp off and on')
     parser.add_argument('--size', type=parse_size, default=(800, 1333), metavar='HxW',
                         help='image size for --detector-memory')
-    parser.add_argument('--amp', choices=['fp16', 'bf16'],
+    parser.add_argument('--amp', choices=['float16', 'bfloat16'],
                         help="--detector-memory on a GPU: train through mmengine's AmpOptimWrapper in this dtype")
     parser.add_argument('--_measure', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
