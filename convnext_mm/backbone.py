@@ -6,6 +6,7 @@ LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
 The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
 """
 import warnings
+import weakref
 
 import torch
 import torch.nn as nn
@@ -41,6 +42,8 @@ PIXELS_PER_CHUNK = 2048
 # oneDNN's Linear with a fused activation (what inductor uses on the CPU); None where torch lacks oneDNN.
 ONEDNN_LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, '_linear_pointwise', None)
                            if torch.backends.mkldnn.is_available() else None)
+# ConvNeXtBlock.inference_weights: per block, {dtype: (parameter versions, weights)}.
+INFERENCE_WEIGHTS = weakref.WeakKeyDictionary()
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -93,11 +96,12 @@ class ConvNeXtBlock(nn.Module):
         shortcut = x
         # NCHW -> NHWC for the norm and Linears: a free view, as the backbone keeps its maps channels_last.
         x = self.dwconv(x).permute(0, 2, 3, 1)
-        fused = onednn_inference(x)
-        if fused and not self.training and self.grn is None:
-            return self.pointwise_in_chunks(x, shortcut)
+        fast_dtype = onednn_inference_dtype(x)
+        if fast_dtype is not None and not self.training and self.grn is None:
+            return self.pointwise_in_chunks(x, shortcut, fast_dtype)
         x = self.norm(x)
-        x = onednn_linear_gelu(x, self.pwconv1) if fused else self.act(self.pwconv1(x))
+        fused = fast_dtype == torch.float32  # V2 blocks in fp32 inference: fused Linear+GELU on the whole map
+        x = onednn_linear_gelu(x, self.pwconv1.weight, self.pwconv1.bias) if fused else self.act(self.pwconv1(x))
         if self.grn is not None:
             x = self.grn(x)
         x = self.pwconv2(x)
@@ -105,42 +109,75 @@ class ConvNeXtBlock(nn.Module):
             x = x * self.gamma
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
 
-    def pointwise_in_chunks(self, x, shortcut):
-        """CPU inference after the depthwise conv: norm, Linear+GELU, Linear, layer scale and residual, computed
-        ``PIXELS_PER_CHUNK`` pixels at a time into one channels_last output. Every pixel's arithmetic is the same
-        as on the whole map, but a chunk's 4C-wide hidden map stays in the CPU's cache and its buffer is reused,
-        where the whole map's would be a fresh allocation (page faults) of up to 4x the block's input, written
-        to memory and read back: 1.5-1.9x faster for a stage-1 block (docs/benchmarks.md). Not with GRN, whose
-        norm spans the whole map; no drop path in eval mode."""
+    def pointwise_in_chunks(self, x, shortcut, dtype):
+        """CPU inference after the depthwise conv: norm, Linear+GELU, Linear with layer scale and residual,
+        computed ``PIXELS_PER_CHUNK`` pixels at a time into one channels_last output of ``dtype`` (float32, or
+        bfloat16 under autocast). Each pixel's arithmetic is that of the plain path up to rounding order, but a
+        chunk's 4C-wide hidden map stays in the CPU's cache and its buffer is reused, where the whole map's would
+        be a fresh allocation (page faults) of up to 4x the block's input, written to memory and read back: 1.5-1.9x
+        faster for a stage-1 block (docs/benchmarks.md). Both Linears are oneDNN's, GELU fused into the first,
+        layer scale (folded into the weights) and residual into the second. Not with GRN, whose norm spans the
+        whole map; no drop path in eval mode."""
         dim = x.shape[-1]
+        weight1, bias1, weight2, bias2 = self.inference_weights(dtype)
         rows = x.reshape(-1, dim)  # a view where x is channels_last, as in the backbone
-        out = torch.empty_like(shortcut, memory_format=torch.channels_last)
+        out = torch.empty_like(shortcut, dtype=dtype, memory_format=torch.channels_last)
         out_rows = out.permute(0, 2, 3, 1).view(-1, dim)
         shortcut_rows = shortcut.permute(0, 2, 3, 1).reshape(-1, dim)
         for start in range(0, rows.shape[0], PIXELS_PER_CHUNK):
             chunk = slice(start, start + PIXELS_PER_CHUNK)
-            hidden = onednn_linear_gelu(self.norm(rows[chunk]), self.pwconv1)
-            hidden = self.pwconv2(hidden)
-            if self.gamma is None:
-                torch.add(shortcut_rows[chunk], hidden, out=out_rows[chunk])
-            else:
-                torch.addcmul(shortcut_rows[chunk], hidden, self.gamma, out=out_rows[chunk])
+            # PyTorch's LayerNorm kernel computes a bfloat16 input's statistics in float32.
+            hidden = F.layer_norm(rows[chunk].to(dtype), self.norm.normalized_shape, self.norm.weight,
+                                  self.norm.bias, self.norm.eps)
+            hidden = onednn_linear_gelu(hidden, weight1, bias1)
+            out_rows[chunk] = onednn_linear_add(hidden, shortcut_rows[chunk].to(dtype), weight2, bias2)
         return out
 
+    def inference_weights(self, dtype):
+        """``pwconv1``'s weight and bias, and ``pwconv2``'s with the layer scale folded in (``gamma * (W h + b)``
+        as ``(gamma W) h + gamma b``: rounding order only), in ``dtype``, for :meth:`pointwise_in_chunks`. Cached
+        until a parameter changes: keyed on each parameter's storage and version counter, which every in-place
+        write bumps (``load_state_dict``, optimizer steps), so the float32 parameters stay the only truth and a
+        bfloat16 forward casts no weight. The cache lives beside the module (``INFERENCE_WEIGHTS``), not in it:
+        copies and pickles of the module do not carry it."""
+        params = [self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias, self.gamma]
+        key = tuple((p.data_ptr(), p._version) for p in params if p is not None)
+        cache = INFERENCE_WEIGHTS.setdefault(self, {})
+        if dtype not in cache or cache[dtype][0] != key:
+            with torch.no_grad():
+                weight2, bias2 = self.pwconv2.weight, self.pwconv2.bias
+                if self.gamma is not None:
+                    weight2, bias2 = weight2 * self.gamma[:, None], bias2 * self.gamma
+                weight1, bias1, weight2, bias2 = (w.detach().to(dtype).contiguous() for w in (
+                    self.pwconv1.weight, self.pwconv1.bias, weight2, bias2))
+            cache[dtype] = (key, (weight1, bias1, weight2, bias2))
+        return cache[dtype][1]
 
-def onednn_inference(x):
-    """Whether ``x`` may take oneDNN's fused Linear+GELU: float32 CPU inference, outside autocast (whose dtype
-    rules the op would skip), torch.compile (inductor fuses for itself) and tracing (mmengine's FLOP counter
-    traces the model, and the fused op neither traces nor counts)."""
-    return (ONEDNN_LINEAR_POINTWISE is not None and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled('cpu')
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+def onednn_inference_dtype(x):
+    """The dtype of the oneDNN inference path for ``x``, or None for the plain path: float32 in CPU inference;
+    bfloat16 in CPU inference under ``torch.autocast('cpu', dtype=torch.bfloat16)``. The plain path elsewhere:
+    with gradients (the fused ops have no autograd formula), other autocast dtypes, torch.compile (inductor
+    fuses for itself) and tracing (mmengine's FLOP counter traces the model; the fused ops neither trace nor
+    count)."""
+    if (ONEDNN_LINEAR_POINTWISE is None or x.device.type != 'cpu' or torch.is_grad_enabled()
+            or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        return None
+    if torch.is_autocast_enabled('cpu'):
+        return torch.bfloat16 if torch.get_autocast_dtype('cpu') == torch.bfloat16 else None
+    return torch.float32 if x.dtype == torch.float32 else None
 
 
-def onednn_linear_gelu(x, linear):
-    """``GELU(linear(x))`` with the exact (erf) GELU, computed inside oneDNN's matrix product. This saves two
+def onednn_linear_gelu(x, weight, bias):
+    """``GELU(x W^T + b)`` with the exact (erf) GELU, computed inside oneDNN's matrix product. This saves two
     passes over the 4C-wide activation, the largest tensor of a block. No autograd: inference only."""
-    return ONEDNN_LINEAR_POINTWISE(x, linear.weight, linear.bias, 'gelu', [], 'none')
+    return ONEDNN_LINEAR_POINTWISE(x, weight, bias, 'gelu', [], 'none')
+
+
+def onednn_linear_add(x, other, weight, bias):
+    """``x W^T + b + other`` in oneDNN's matrix product, the residual added as the result is written (a pass
+    saved), and oneDNN's product is faster than MKL's on this project's AMD CPU (docs/benchmarks.md)."""
+    return ONEDNN_LINEAR_POINTWISE.binary(x, other, weight, bias, 'add')
 
 
 class ConvNeXtStage(nn.Sequential):
