@@ -128,7 +128,7 @@ def test_infer_detection_on_a_folder_and_a_video(det, tmp_path, one_thread, caps
     assert frames == ['000000.json', '000001.json', '000002.json']
     assert cv2.VideoCapture(str(out / 'vis' / 'clip.mp4')).get(cv2.CAP_PROP_FRAME_COUNT) == 3
     assert f'Pictures in {out / "vis"}' in capsys.readouterr().out
-    # bf16 autocast over the backbone and FPN; the heads and mmcv's ops stay fp32.
+    # bf16 autocast over the layers; mmcv's NMS and RoIAlign and the post-processing stay fp32.
     load_tool('infer').main([config, checkpoint, str(tmp_path / 'images' / names[0]), '--out-dir',
                              str(tmp_path / 'bf16'), '--score-thr', '0.05', '--bf16'])
     assert len(json.loads((tmp_path / 'bf16' / 'preds' / 'photo_0.json').read_text())['scores']) > 0

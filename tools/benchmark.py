@@ -1,16 +1,21 @@
 """Inference speed of a whole ConvNeXt detector or segmentor, in images per second, after a warm-up.
 
-    python tools/benchmark.py CONFIG [--checkpoint FILE] [--shape HEIGHT WIDTH] [--warmup 5] [--iters 20]
-        [--device cpu|cuda] [--cfg-options KEY=VALUE ...]
+    python tools/benchmark.py CONFIG [--checkpoint FILE] [--demo] [--amp] [--profile] [--shape HEIGHT WIDTH]
+        [--warmup 5] [--iters 20] [--device cpu|cuda] [--cfg-options KEY=VALUE ...]
 
 Each timed iteration is the model's ``test_step`` on one image, as in ``tools/test.py``: normalization and
 padding, the network, and post-processing (detection: NMS and mask pasting; segmentation: the config's sliding
 window). The image is synthetic, of --shape (default: the FLOPs sizes of tools/get_flops.py, 1280x800 for
 detection, the config's test resize for segmentation); data loading is not timed. Without --checkpoint the
 weights are random, and a detector then sends another number of boxes to post-processing than a trained one:
-give the trained checkpoint to time what users will see.
+give the trained checkpoint to time what users will see (``--demo`` for a checkpoint of ``tools/train.py --demo``:
+demo mode's classes and test settings, as ``tools/test.py --demo``). ``--amp`` times mixed-precision inference
+as ``tools/test.py --amp`` runs it (bfloat16 on the CPU, float16 on CUDA; convnext_mm/mixed_precision.py).
+``--profile`` adds where the time goes: the time per image in each part of the model (the forward of the
+backbone, neck and heads, RoIAlign, each head's post-processing), over the timed iterations.
 """
 import argparse
+import collections
 import time
 
 import torch
@@ -18,7 +23,13 @@ from mmengine.config import DictAction
 from mmengine.runner import load_state_dict
 
 from convnext_mm.checkpoint import read_checkpoint
-from convnext_mm.runtime import build_model, load_config, paper_input_size
+from convnext_mm.mixed_precision import UnsupportedModelError, autocast_network
+from convnext_mm.runtime import build_model, config_from_command_line, paper_input_size
+
+# The parts of mmdet's and mmseg's models that --profile times: modules (their forward) by attribute name; a
+# cascade's stages are summed per name.
+PROFILED_MODULES = ('data_preprocessor', 'backbone', 'neck', 'rpn_head', 'bbox_roi_extractor', 'bbox_head',
+                    'mask_roi_extractor', 'mask_head', 'decode_head')
 
 
 def synthetic_batch(scope, image_size):
@@ -34,28 +45,82 @@ def synthetic_batch(scope, image_size):
     return dict(inputs=[image], data_samples=[sample])
 
 
-def images_per_second(model, batch, warmup, iters, device):
-    """Run ``warmup`` untimed then ``iters`` timed test steps of one image each; images per second."""
+def synchronizer(device):
+    return torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
 
-    def synchronize():
-        if device.startswith('cuda'):
-            torch.cuda.synchronize()
 
+def images_per_second(model, batch, warmup, iters, device, before_timing=None):
+    """Run ``warmup`` untimed then ``iters`` timed test steps of one image each; images per second, and the
+    number of detections of the last step (None for a segmentor). ``before_timing()`` runs after the warm-up."""
+    synchronize = synchronizer(device)
     with torch.no_grad():
         for _ in range(warmup):
             model.test_step(batch)
+        if before_timing is not None:
+            before_timing()
         synchronize()
         start = time.perf_counter()
         for _ in range(iters):
-            model.test_step(batch)
+            outputs = model.test_step(batch)
         synchronize()
-    return iters / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    detections = len(outputs[0].pred_instances) if 'pred_instances' in outputs[0] else None
+    return iters / seconds, detections
+
+
+class PartTimer:
+    """Seconds spent in each part of a model (``PROFILED_MODULES``' forward, each head's ``predict_by_feat``),
+    accumulated per part name while ``counting``. The parts do not nest, so what they leave is the rest of the
+    step: RoI bookkeeping, the cascade's box refinement, sliding-window sums, result packing."""
+
+    def __init__(self, model, device):
+        self.seconds = collections.defaultdict(float)
+        self.counting = False
+        self._synchronize = synchronizer(device)
+        for name, module in model.named_modules():
+            key = name.split('.')[-2] if name.split('.')[-1].isdigit() else name.split('.')[-1]
+            if key not in PROFILED_MODULES or isinstance(module, torch.nn.ModuleList):
+                continue
+            self._time(module, 'forward', key)
+            if hasattr(module, 'predict_by_feat'):
+                self._time(module, 'predict_by_feat', f'{key} post-processing')
+
+    def _time(self, owner, method_name, part):
+        method = getattr(owner, method_name)
+
+        def timed(*args, **kwargs):
+            if not self.counting:
+                return method(*args, **kwargs)
+            self._synchronize()
+            start = time.perf_counter()
+            outputs = method(*args, **kwargs)
+            self._synchronize()
+            self.seconds[part] += time.perf_counter() - start
+            return outputs
+
+        setattr(owner, method_name, timed)
+
+    def start(self):
+        self.seconds.clear()
+        self.counting = True
+
+    def table(self, seconds_per_image, iters):
+        """Lines of 'part, ms per image, share of the step', in the order the parts first ran."""
+        rows = [(part, seconds / iters) for part, seconds in self.seconds.items()]
+        rows.append(('rest of the step', seconds_per_image - sum(seconds for _, seconds in rows)))
+        return [f'  {part:<32} {1000 * seconds:8.0f} ms  {100 * seconds / seconds_per_image:5.1f}%'
+                for part, seconds in rows]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Inference images/s of a whole detector or segmentor')
     parser.add_argument('config', help='config file')
     parser.add_argument('--checkpoint', help='trained weights (default: random weights)')
+    parser.add_argument('--demo', action='store_true',
+                        help='demo mode\'s model and test settings (for a checkpoint of tools/train.py --demo)')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed-precision inference as tools/test.py --amp: bfloat16 on the CPU, float16 on CUDA')
+    parser.add_argument('--profile', action='store_true', help='also print the time per image of each model part')
     parser.add_argument(
         '--shape', type=int, nargs=2, metavar=('HEIGHT', 'WIDTH'),
         help='image size (default: 800 1280 for detection, the test resize for segmentation)')
@@ -63,6 +128,7 @@ def parse_args(argv=None):
     parser.add_argument('--iters', type=int, default=20, help='timed iterations')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
+    parser.set_defaults(launcher='none', work_dir=None)  # what config_from_command_line also reads
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error(f'--iters must be at least 1 and --warmup at least 0, got {args.iters} and {args.warmup}')
@@ -73,18 +139,29 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
+    cfg = config_from_command_line(args)
     model = build_model(cfg)
     if args.checkpoint:
         checkpoint = read_checkpoint(args.checkpoint)
         load_state_dict(model, checkpoint.get('state_dict', checkpoint), strict=True)
     model.to(args.device)
+    if args.amp:
+        try:
+            autocast_network(model)
+        except UnsupportedModelError as error:
+            raise SystemExit(f'error: {error}')
+    timer = PartTimer(model, args.device) if args.profile else None
     image_size = tuple(args.shape) if args.shape else paper_input_size(cfg)
     batch = synthetic_batch(cfg.default_scope, image_size)
-    speed = images_per_second(model, batch, args.warmup, args.iters, args.device)
-    print(f'{args.config}: {speed:.2f} images/s ({1000 / speed:.0f} ms per image) on {args.device}, '
-          f'{image_size[1]}x{image_size[0]} input, {args.iters} timed after {args.warmup} warm-up iterations, '
-          f'{torch.get_num_threads()} CPU threads')
+    speed, detections = images_per_second(model, batch, args.warmup, args.iters, args.device,
+                                          before_timing=timer and timer.start)
+    precision = ('float16' if args.device.startswith('cuda') else 'bfloat16') + ' autocast' if args.amp else 'float32'
+    found = '' if detections is None else f', {detections} detections'
+    print(f'{args.config}: {speed:.2f} images/s ({1000 / speed:.0f} ms per image) on {args.device}, {precision}, '
+          f'{image_size[1]}x{image_size[0]} input{found}, {args.iters} timed after {args.warmup} warm-up '
+          f'iterations, {torch.get_num_threads()} CPU threads')
+    if timer:
+        print('\n'.join(timer.table(1 / speed, args.iters)))
 
 
 if __name__ == '__main__':

@@ -18,8 +18,10 @@ file; give as many as you like. The model runs through mmdet's ``DetInferencer``
 A video gives ``vis/STEM.mp4`` and ``preds/STEM/FRAME.json|png`` per frame. Class names (and colours) come from
 the checkpoint's metadata, which ``tools/train.py`` saves: the demo's classes for a demo checkpoint, COCO's or
 ADE20K's for a checkpoint without any. ``--demo`` reads a checkpoint of ``tools/train.py --demo``: demo mode's
-classes and image size, as ``tools/test.py --demo``. ``--bf16`` runs the network under bfloat16 autocast: a
-segmentor whole, a detector's backbone and FPN (its heads stay fp32: mmcv's CPU NMS and RoIAlign take fp32 only).
+classes and image size, as ``tools/test.py --demo``. ``--bf16`` runs the network's layers (backbone, neck, the
+heads' convolutions and FCs) under bfloat16 autocast, and box decoding, NMS, RoIAlign, mask pasting and resizing in
+float32 (mmcv's CPU NMS and RoIAlign take float32 only): convnext_mm/mixed_precision.py, as ``tools/test.py --amp``
+on a CPU.
 """
 import argparse
 import json
@@ -34,6 +36,7 @@ from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from convnext_mm.checkpoint import CheckpointError, read_checkpoint
+from convnext_mm.mixed_precision import autocast_network
 from convnext_mm.runtime import config_from_command_line
 from convnext_mm.trained import CheckpointMismatchError, check_fits, checkpoint_meta
 
@@ -52,7 +55,7 @@ def parse_args(argv=None):
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: draw and save the detections scoring at least this (default: 0.3)')
     parser.add_argument('--bf16', action='store_true',
-                        help='bfloat16 autocast (segmentor: whole; detector: backbone and FPN)')
+                        help='the layers under bfloat16 autocast, post-processing in float32')
     parser.add_argument('--demo', action='store_true',
                         help='the checkpoint is from tools/train.py --demo: use demo mode\'s classes and image size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
@@ -189,23 +192,6 @@ def build_inferencer(cfg, args):
     return inferencer
 
 
-def run_in_bf16(model, device_type):
-    """bfloat16 autocast over the part of the model that takes it: a segmentor's backbone and heads
-    (``encode_decode``), a detector's backbone and FPN (``extract_feat``). The detector's heads stay in fp32:
-    mmcv's CPU kernels of NMS and RoIAlign take fp32 only."""
-    name = 'extract_feat' if hasattr(model, 'rpn_head') or hasattr(model, 'bbox_head') else 'encode_decode'
-    function = getattr(model, name)
-
-    def in_bf16(*args, **kwargs):
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            outputs = function(*args, **kwargs)
-        if isinstance(outputs, torch.Tensor):
-            return outputs.float()
-        return type(outputs)(output.float() for output in outputs)
-
-    setattr(model, name, in_bf16)
-
-
 def detect(inferencer, image, score_thr):
     """(prediction dict, picture) of one BGR image: mmdet's pipeline, test_step, pred2dict and visualizer."""
     _, data = next(inferencer.preprocess([image]))
@@ -287,7 +273,7 @@ def main(argv=None):
     cfg = config_from_command_line(args)  # --demo and --cfg-options as tools/test.py applies them
     inferencer = build_inferencer(cfg, args)
     if args.bf16:
-        run_in_bf16(inferencer.model, torch.device(args.device).type)
+        autocast_network(inferencer.model, dtype=torch.bfloat16)
     run(inferencer, items, args.out_dir, args.score_thr)
     print(f'Pictures in {osp.join(args.out_dir, "vis")}, predictions in {osp.join(args.out_dir, "preds")}')
     return args.out_dir

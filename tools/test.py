@@ -1,11 +1,18 @@
 """Test (and evaluate) a ConvNeXt detector or segmentor: mmdet's and mmseg's tools/test.py, also without a GPU.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta] [--demo]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta] [--amp] [--demo]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Several GPUs: tools/dist_test.sh. ``--tta`` runs the config's test-time augmentation (the segmentation configs'
 multi-scale 0.5-1.75 plus flip test). ``--out``: detection, a .pkl file of the raw predictions (as mmdet);
 segmentation, a directory of predicted label maps (as mmseg).
+
+``--amp``: mixed-precision inference, bfloat16 on the CPU and float16 on a CUDA GPU. It sets the config's
+``test_cfg.fp16=True`` (mmengine's TestLoop switch, and what mmpretrain's ``tools/test.py --amp`` sets), and a
+config that sets it itself gets the same: mmengine's autocast over the network's layers (backbone, neck, heads),
+box decoding, NMS, RoIAlign, mask pasting and resizing in float32 (convnext_mm/mixed_precision.py; mmcv's CPU
+NMS and RoIAlign take float32 only). On this project's 2-core CPU it keeps the demo's metrics and runs Cascade Mask
+R-CNN ConvNeXt-T 1.7x and UperNet ConvNeXt-T 2.3x as fast at the paper's input sizes (docs/benchmarks.md).
 """
 import argparse
 import os
@@ -17,6 +24,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from convnext_mm.data_checks import DataError, check_datasets, leaf_datasets
+from convnext_mm.mixed_precision import UnsupportedModelError, autocast_network
 from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu
 
 
@@ -32,6 +40,9 @@ def parse_args(argv=None):
         '--show-dir', help='save painted predictions in this dir (under work_dir/TIMESTAMP/ for detection; for '
         'segmentation, of every default_hooks.visualization.interval-th image, as mmseg: set it to 1 for all)')
     parser.add_argument('--tta', action='store_true', help="test with the config's test-time augmentation")
+    parser.add_argument(
+        '--amp', action='store_true', help='mixed-precision inference (test_cfg.fp16=True): the network\'s layers '
+        'in bfloat16 on the CPU, float16 on CUDA; post-processing in float32')
     parser.add_argument(
         '--demo', action='store_true', help='test a checkpoint of tools/train.py --demo on the demo val data')
     parser.add_argument(
@@ -59,6 +70,8 @@ def build_config(args):
         draw_predictions(cfg, args.show_dir)
     if args.tta:
         use_test_time_augmentation(cfg, args.config)
+    if args.amp:
+        cfg.test_cfg['fp16'] = True
     if args.out is not None and cfg.default_scope == 'mmseg':
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
@@ -100,6 +113,13 @@ def main(argv=None):
     except DataError as error:  # missing or malformed data: the message names the file and the fix
         raise SystemExit(f'error: {error}')
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    if cfg.test_cfg.get('fp16'):  # --amp or the config: mmengine's TestLoop alone would autocast mmcv's NMS too
+        try:
+            autocast_network(runner.model)
+        except UnsupportedModelError as error:
+            raise SystemExit(f'error: {error}')
+        runner.logger.info('test_cfg.fp16: the layers under mmengine\'s autocast (bfloat16 on the CPU, float16 on '
+                           'CUDA), post-processing in float32')
     for change in changes:
         runner.logger.warning(change)
     if args.out is not None and cfg.default_scope == 'mmdet':

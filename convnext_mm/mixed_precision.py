@@ -1,0 +1,97 @@
+"""Mixed-precision inference of a whole detector or segmentor: mmengine's autocast over the network's layers only.
+
+mmengine's test and validation loops take ``fp16=True`` (``test_cfg=dict(type='TestLoop', fp16=True)``; mmpretrain's
+``tools/test.py --amp`` sets exactly that) and then run the whole ``test_step`` under ``mmengine.runner.amp.autocast``,
+which picks bfloat16 on the CPU and float16 on CUDA. That is too much for a detector: its RPN then decodes boxes
+in bfloat16 (8 bits of mantissa: a coordinate near 1000 is off by up to 4 pixels) and hands them to mmcv's CPU NMS,
+which takes float32 only ("RuntimeError: expected scalar type Float but found BFloat16", deep in mmcv); mmcv's CPU
+RoIAlign is the same.
+
+:func:`autocast_network` draws the line where precision matters: the layers (backbone, neck, and each head's
+``forward``: the RPN's convs, the box heads' convs and FCs, the mask heads' convs, the decode head) run under
+mmengine's autocast and hand float32 outputs on; everything between and after them (box decoding, NMS, RoIAlign,
+mask pasting, the resize of segmentation logits, the sliding window's sums) runs in float32 with autocast off,
+also inside a loop's own autocast. The layers are where a detector's and a segmentor's time goes, so this keeps
+nearly all of the gain.
+"""
+import torch
+from mmengine.runner.amp import autocast
+
+# What mmdet and mmseg call the layers a model's predictions come from; a model may lack some (a single-stage
+# detector has no rpn_head). Heads of other names (HTC's semantic head, ...) stay in float32: correct, not faster.
+HEAD_NAMES = ('rpn_head', 'bbox_head', 'mask_head', 'decode_head')
+
+
+class UnsupportedModelError(TypeError):
+    """The model is not one whose layers :func:`autocast_network` can tell from its post-processing."""
+
+
+def autocast_network(model, dtype=None):
+    """Make ``model`` (an mmdet detector or mmseg segmentor, or a TTA or DDP wrapper of one) predict with its layers
+    under mmengine's autocast and the rest in float32; in place, returns ``model``. ``dtype``: the layers' precision;
+    None for mmengine's choice, bfloat16 on the CPU and float16 on CUDA.
+
+    Only inference changes: in training mode (``model.train()``) every wrapped call runs as before, so a training
+    run that validates with the wrapped model still trains in its own precision.
+    """
+    inner = model
+    while hasattr(inner, 'module'):  # mmengine's TTA models and DDP wrap the detector or segmentor
+        inner = inner.module
+    if not (hasattr(inner, 'extract_feat') and hasattr(inner, 'predict')):
+        raise UnsupportedModelError(f'mixed-precision inference (--amp, test_cfg.fp16) runs mmdet detectors and mmseg '
+                        f'segmentors (a model with extract_feat and predict); {type(inner).__name__} is neither: '
+                        'test it in float32 (drop --amp, or set test_cfg.fp16=False)')
+    _wrap(inner, 'predict', _in_float32)
+    _wrap(inner, 'extract_feat', _in_autocast(dtype))
+    for name, module in inner.named_modules():
+        if name.split('.')[-1] in HEAD_NAMES:
+            heads = module if isinstance(module, torch.nn.ModuleList) else [module]  # cascade: one per stage
+            for head in heads:
+                _wrap(head, 'forward', _in_autocast(dtype))
+    return model
+
+
+def _wrap(owner, name, make_wrapper):
+    method = getattr(owner, name)
+    if getattr(method, 'autocast_network', False):  # applied before: wrap once
+        return
+    wrapped = make_wrapper(owner, method)
+    wrapped.autocast_network = True
+    setattr(owner, name, wrapped)
+
+
+def _in_autocast(dtype):
+
+    def wrapper(owner, method):
+
+        def in_autocast(*args, **kwargs):
+            if owner.training:
+                return method(*args, **kwargs)
+            with autocast(device_type=next(owner.parameters()).device.type, dtype=dtype):
+                return to_float32(method(*args, **kwargs))
+
+        return in_autocast
+
+    return wrapper
+
+
+def _in_float32(owner, method):
+
+    def in_float32(*args, **kwargs):
+        if owner.training:
+            return method(*args, **kwargs)
+        with torch.autocast(device_type=next(owner.parameters()).device.type, enabled=False):
+            return method(*args, **kwargs)
+
+    return in_float32
+
+
+def to_float32(outputs):
+    """``outputs`` with every floating-point tensor in it, in tuples, lists and dicts too, as float32."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, (tuple, list)):
+        return type(outputs)(to_float32(output) for output in outputs)
+    if isinstance(outputs, dict):
+        return type(outputs)((key, to_float32(value)) for key, value in outputs.items())
+    return outputs

@@ -1,0 +1,234 @@
+"""Mixed-precision inference (convnext_mm/mixed_precision.py; tools/test.py and tools/benchmark.py --amp, a config's
+test_cfg.fp16, tools/infer.py --bf16): the layers run in bfloat16 on the CPU, mmcv's NMS and RoIAlign and all
+post-processing in float32, also inside mmengine's own autocast; results close to float32's; clear errors."""
+import sys
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.runner.amp import autocast
+
+from convnext_mm.mixed_precision import UnsupportedModelError, autocast_network
+from convnext_mm.runtime import build_model
+from tiny_models import shrink_cascade, shrink_upernet
+from test_tools import CASCADE_T, UPERNET_T, load_tool
+
+IMAGE = (96, 128)  # height, width
+
+
+def tiny_detector():
+    cfg = shrink_cascade(Config.fromfile(CASCADE_T), num_classes=3)
+    cfg.default_scope = 'mmdet'
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def tiny_segmentor():
+    cfg = shrink_upernet(Config.fromfile(UPERNET_T), num_classes=4)
+    cfg.default_scope = 'mmseg'
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def batch(scope, proposals=None):
+    """One seeded image with the metadata of a test pipeline (and fixed RPN proposals, if given)."""
+    image = torch.randint(0, 256, (3, *IMAGE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    metainfo = dict(img_shape=IMAGE, ori_shape=IMAGE, scale_factor=(1.0, 1.0))
+    if scope == 'mmdet':
+        from mmdet.structures import DetDataSample
+        from mmengine.structures import InstanceData
+        sample = DetDataSample(metainfo=metainfo)
+        if proposals is not None:
+            sample.proposals = InstanceData(bboxes=proposals, scores=torch.ones(len(proposals)))
+    else:
+        from mmseg.structures import SegDataSample
+        sample = SegDataSample(metainfo=metainfo)
+    return dict(inputs=[image], data_samples=[sample])
+
+
+def record_outputs(module, store, key):
+    """Keep ``module``'s forward outputs under ``store[key]`` (a list per call)."""
+    module.register_forward_hook(lambda _, __, output: store.setdefault(key, []).append(output))
+
+
+def relative_deviation(actual, expected):
+    return ((actual.float() - expected).abs().max() / expected.abs().max()).item()
+
+
+def test_detector_layers_run_in_bf16_and_mmcv_ops_in_fp32_also_inside_mmengine_autocast(monkeypatch):
+    """mmengine's TestLoop with fp16=True runs test_step under its autocast; with autocast_network the RPN conv,
+    box-head FC and mask-head conv compute in bfloat16, while mmcv's NMS and RoIAlign get float32 and the
+    predictions are float32 (decoded boxes, not rounded to bfloat16's 8-bit mantissa)."""
+    model = autocast_network(tiny_detector())
+    seen = {}
+    record_outputs(model.rpn_head.rpn_conv, seen, 'rpn conv')
+    record_outputs(model.roi_head.bbox_head[0].shared_fcs[0], seen, 'box head fc')
+    record_outputs(model.roi_head.mask_head[2].convs[0].conv, seen, 'mask head conv')
+    model.roi_head.bbox_roi_extractor[0].roi_layers[0].register_forward_pre_hook(
+        lambda _, inputs: seen.setdefault('RoIAlign', []).append(inputs[0]))
+    nms_module = sys.modules['mmcv.ops.nms']  # batched_nms looks nms up by name there (mmcv.ops.nms is the function)
+    nms = nms_module.nms
+
+    def recording_nms(boxes, scores, *args, **kwargs):
+        seen.setdefault('NMS', []).append(boxes)
+        return nms(boxes, scores, *args, **kwargs)
+
+    monkeypatch.setattr(nms_module, 'nms', recording_nms)
+    with torch.no_grad(), autocast(device_type='cpu'):  # as mmengine's TestLoop(fp16=True) on the CPU
+        (result, ) = model.test_step(batch('mmdet'))
+    dtypes = {key: {output.dtype for output in outputs} for key, outputs in seen.items()}
+    assert dtypes == {'rpn conv': {torch.bfloat16}, 'box head fc': {torch.bfloat16},
+                      'mask head conv': {torch.bfloat16}, 'RoIAlign': {torch.float32}, 'NMS': {torch.float32}}
+    boxes = result.pred_instances.bboxes
+    assert len(boxes) > 0 and boxes.dtype == result.pred_instances.scores.dtype == torch.float32
+    assert not torch.equal(boxes, boxes.bfloat16().float())  # decoded in float32: not on bfloat16's grid
+
+
+def test_detector_without_autocast_network_fails_inside_mmengine_autocast():
+    """Why autocast_network exists: mmengine's TestLoop(fp16=True) alone sends bfloat16 boxes to mmcv's CPU NMS."""
+    with torch.no_grad(), autocast(device_type='cpu'), pytest.raises(RuntimeError, match='BFloat16'):
+        tiny_detector().test_step(batch('mmdet'))
+
+
+def test_detector_heads_in_bf16_are_close_to_fp32():
+    """On the same RoIs (fixed proposals, so that the RPN's choice does not differ), the first cascade stage's class
+    scores and box deltas under autocast_network are within bfloat16's rounding of float32's (the later stages
+    see boxes refined differently, so their inputs differ too)."""
+    proposals = torch.tensor([[4.0, 8.0, 60.0, 70.0], [30.0, 20.0, 120.0, 90.0], [0.0, 0.0, 127.0, 95.0],
+                              [50.0, 40.0, 90.0, 80.0]])
+    model = tiny_detector()
+    outputs = {}
+    handle = model.roi_head.bbox_head[0].register_forward_hook(lambda _, __, output: outputs.setdefault(
+        'bf16' if hasattr(model.predict, 'autocast_network') else 'fp32', output))
+    with torch.no_grad():
+        model.test_step(batch('mmdet', proposals))
+        autocast_network(model)
+        model.test_step(batch('mmdet', proposals))
+    handle.remove()
+    (scores, deltas), (scores32, deltas32) = outputs['bf16'], outputs['fp32']
+    assert scores.dtype == deltas.dtype == torch.float32  # handed on in float32
+    # observed: 0.7% of the largest value for both; bfloat16 keeps 8 significant bits (0.4% per rounding)
+    assert relative_deviation(scores, scores32) < 2e-2 and relative_deviation(deltas, deltas32) < 2e-2
+    assert not torch.equal(scores, scores32)  # it did run in bfloat16
+
+
+def test_segmentor_in_bf16_is_close_to_fp32_and_resizes_in_fp32():
+    model = tiny_segmentor()
+    with torch.no_grad():
+        (expected, ) = model.test_step(batch('mmseg'))
+    autocast_network(model)
+    seen = {}
+    record_outputs(model.decode_head.conv_seg, seen, 'classifier')
+    with torch.no_grad(), autocast(device_type='cpu'):
+        (result, ) = model.test_step(batch('mmseg'))
+    assert {output.dtype for output in seen['classifier']} == {torch.bfloat16}
+    logits, expected_logits = result.seg_logits.data, expected.seg_logits.data
+    assert logits.dtype == torch.float32 and logits.shape == expected_logits.shape == (4, *IMAGE)
+    assert relative_deviation(logits, expected_logits) < 3e-2 and not torch.equal(logits, expected_logits)
+    agreement = (result.pred_sem_seg.data == expected.pred_sem_seg.data).float().mean().item()
+    assert agreement > 0.97
+
+
+def test_training_mode_is_left_alone():
+    """A training step (train mode) of a wrapped model keeps its own precision: the wrappers act in eval mode only."""
+    model = autocast_network(tiny_segmentor()).train()
+    with torch.no_grad():
+        features = model.extract_feat(torch.randn(2, 3, 64, 64))  # 2: batch norm statistics in training mode
+        logits = model.decode_head.forward(features)
+    assert logits.dtype == torch.float32
+    model.eval()
+    with torch.no_grad():
+        assert model.decode_head.conv_seg(torch.randn(1, 32, 8, 8)).dtype == torch.float32  # outside autocast
+        assert model.decode_head.forward(model.extract_feat(torch.randn(1, 3, 64, 64))).dtype == torch.float32
+
+
+def test_autocast_network_reaches_inside_a_tta_model_and_wraps_once():
+    from mmseg.models import SegTTAModel
+    segmentor = tiny_segmentor()
+    tta = SegTTAModel(module=segmentor)
+    autocast_network(tta)
+    wrapped = segmentor.decode_head.forward
+    assert getattr(wrapped, 'autocast_network', False)
+    autocast_network(tta)
+    assert segmentor.decode_head.forward is wrapped
+
+
+def test_a_model_without_detector_or_segmentor_layout_is_refused():
+    with pytest.raises(UnsupportedModelError, match='Linear is neither.*drop --amp, or set test_cfg.fp16=False'):
+        autocast_network(torch.nn.Linear(2, 2))
+
+
+def write_checkpoint(cfg, path):
+    torch.save({'state_dict': build_model(cfg).state_dict()}, path)
+
+
+def test_test_tool_with_a_config_fp16_evaluates_the_detector(tmp_path):
+    """A config's test_cfg.fp16=True (mmengine's TestLoop switch, which alone fails in mmcv's NMS) evaluates the
+    tiny detector through autocast_network: float32 boxes, close to float32's own."""
+    from mmdet.structures.bbox import bbox_overlaps
+    from test_tools import TINY_CASCADE, write_tiny_coco
+    data = write_tiny_coco(str(tmp_path / 'coco'), num_images=2)
+    predictions = run_test_tool(tmp_path, TINY_CASCADE.format(base=CASCADE_T), data, [], ['test_cfg.fp16=True'],
+                                'predictions.pkl')
+    assert len(predictions['amp']) == len(predictions['fp32']) == 2
+    for result, expected in zip(predictions['amp'], predictions['fp32']):
+        boxes, expected_boxes = result['pred_instances']['bboxes'], expected['pred_instances']['bboxes'][:20]
+        assert boxes.dtype == torch.float32 and len(boxes) == len(expected['pred_instances']['bboxes'])
+        # The untrained detector's scores are nearly flat (about 0.02), so bfloat16's rounding may reorder them and
+        # NMS keep other boxes; most of float32's best twenty are found again (observed: 17 to 20 of them at an
+        # IoU of 0.8 or more; a broken head would find next to none).
+        found = (bbox_overlaps(expected_boxes, boxes).max(dim=1).values >= 0.7).float().mean().item()
+        assert found >= 0.7, f'{found:.0%} of the float32 boxes found again'
+
+
+def test_test_tool_amp_evaluates_the_segmentor(tmp_path):
+    """tools/test.py --amp: the tiny segmentor's label maps agree with float32's."""
+    from test_tools import TINY_UPERNET, write_tiny_ade
+    label_maps = run_test_tool(tmp_path, TINY_UPERNET.format(base=UPERNET_T), write_tiny_ade(str(tmp_path / 'ade')),
+                               ['--amp'], [], 'maps')
+    assert label_maps['fp32'] and label_maps['amp'].keys() == label_maps['fp32'].keys()
+    for image, labels in label_maps['fp32'].items():
+        assert (label_maps['amp'][image] == labels).mean() > 0.97
+
+
+def run_test_tool(tmp_path, config_text, data_root, flags, options, out):
+    """tools/test.py on a checkpoint of the config's model at random init, in float32 and with ``flags`` and
+    ``options``: {'fp32': outputs, 'amp': outputs} (the .pkl's predictions, or {file: label map})."""
+    import pickle
+    config = tmp_path / 'config.py'
+    config.write_text(config_text)
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'')
+    test = load_tool('test')
+    common = ['--cfg-options', f'data_root={data_root}']
+    write_checkpoint(test.build_config(test.parse_args([str(config), str(checkpoint), *common])), checkpoint)
+    outputs = {}
+    for name, extra_flags, extra_options in (('fp32', [], []), ('amp', flags, options)):
+        path = tmp_path / name / out
+        test.main([str(config), str(checkpoint), '--work-dir', str(tmp_path / name), '--out', str(path),
+                   *extra_flags, *common, *extra_options])
+        if out.endswith('.pkl'):
+            with open(path, 'rb') as stream:
+                outputs[name] = pickle.load(stream)
+        else:
+            outputs[name] = {file.name: read_label_map(file) for file in path.glob('*.png')}
+    return outputs
+
+
+def read_label_map(path):
+    import mmcv
+    return mmcv.imread(str(path), flag='unchanged')
+
+
+def test_benchmark_amp_profile_parts_add_up_to_the_step(capsys):
+    """benchmark.py --amp --profile: bfloat16 named, every part of the cascade timed, parts within the step."""
+    load_tool('benchmark').main([CASCADE_T, '--amp', '--profile', '--shape', '96', '128', '--warmup', '1',
+                                 '--iters', '1', '--device', 'cpu', '--cfg-options', 'model.test_cfg.rpn.max_per_img=8',
+                                 'model.test_cfg.rcnn.score_thr=0'])
+    lines = capsys.readouterr().out.splitlines()
+    speed = float(lines[0].split(': ')[1].split(' images/s')[0])
+    assert 'bfloat16 autocast' in lines[0] and int(lines[0].split(' detections')[0].split()[-1]) > 0
+    parts = {line[:34].strip(): float(line[34:].split('ms')[0]) for line in lines[1:]}
+    assert {'backbone', 'neck', 'rpn_head', 'rpn_head post-processing', 'bbox_roi_extractor', 'bbox_head',
+            'mask_roi_extractor', 'mask_head', 'mask_head post-processing', 'rest of the step'} <= parts.keys()
+    assert parts['rest of the step'] >= 0 and sum(parts.values()) == pytest.approx(1000 / speed, abs=len(parts))
