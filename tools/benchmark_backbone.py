@@ -1,7 +1,8 @@
 """Speed, peak memory and numerics of our ConvNeXt backbone against the paper's formulation, in one run.
 
     python tools/benchmark_backbone.py [--quick] [--archs tiny base] [--sizes 8x224x224 1x800x1216]
-        [--reps 5] [--threads N] [--compile] [--no-memory] [--timm] [--precisions fp32 bf16 ...]
+        [--reps 5] [--threads N] [--compile] [--no-memory] [--timm] [--no-onnxruntime] [--no-bf16]
+        [--precisions fp32 bf16 ...]
     python tools/benchmark_backbone.py --detector-memory configs/cascade/convnext_t_3x.py [--size 800x1333]
 
 The reference (``PaperConvNeXt`` below) is the official code's sequence of operations: NCHW maps, a permute to
@@ -21,6 +22,13 @@ built as detection uses it (``features_only=True``, the four stage maps, without
 random weights: a speed and memory comparison only, so its output-difference column stays empty. With
 ``--compile`` it is also timed under ``torch.compile``.
 
+On the CPU, inference is also timed, in the same interleaving, for two more engines (rows of the table, their
+``vs paper`` against the paper's formulation in float32): ``ours bf16``, our backbone under
+``torch.autocast('cpu', dtype=torch.bfloat16)``, its output difference being its deviation from float32; and
+``onnxruntime``, the paper's formulation exported with ``torch.onnx.export(dynamo=True)`` for the input's shape and
+run by ONNX Runtime's CPU provider with all graph optimizations and torch's number of threads (``--no-bf16``,
+``--no-onnxruntime`` leave them out).
+
 ``--detector-memory CONFIG`` instead measures one training step (forward, losses, backward) of the config's
 detector on a synthetic image with a few boxes and masks, with the backbone's ``with_cp`` off and on, each in a
 fresh subprocess, and prints the peak memory of both.
@@ -33,6 +41,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -196,10 +205,14 @@ def cuda_peak_of_step(model, x, step, amp_dtype):
     return torch.cuda.max_memory_allocated(x.device) - base
 
 
-def peak_memory_of_step(model_name, arch, shape, step, device, amp_dtype):
-    """Bytes of peak-RSS growth of one CPU step of a freshly built model, in this process."""
-    model = build_models(arch, device)[model_name]
+def peak_memory_of_step(model_name, arch, shape, step, device, amp_dtype, onnx_path=None):
+    """Bytes of peak-RSS growth of one CPU step of a freshly built model (or of an ONNX Runtime session of
+    ``onnx_path``, created before the step), in this process."""
     x = torch.randn(shape, device=device)
+    if onnx_path:
+        run = onnxruntime_session(onnx_path)
+        return peak_rss_growth_of(lambda: run(x))
+    model = build_models(arch, device)[model_name]
     return peak_rss_growth_of(lambda: run_step(model, x, step, amp_dtype))
 
 
@@ -214,41 +227,85 @@ def measure_in_subprocess(request):
 
 
 # ---------------------------------------------------------------- the backbone table
-def time_interleaved(models, x, step, amp_dtype, reps):
-    """Median seconds per step of each model, alternating them and flipping the order every repetition."""
-    device = x.device
-    times = {name: [] for name in models}
-    names = list(models)
+def time_interleaved(engines, device, reps):
+    """Median seconds per step of each engine (a function running one step), alternating them and flipping the
+    order every repetition."""
+    times = {name: [] for name in engines}
+    names = list(engines)
     for rep in range(reps):
         for name in (names if rep % 2 == 0 else names[::-1]):
             synchronize(device)
             start = time.perf_counter()
-            run_step(models[name], x, step, amp_dtype)
+            engines[name]()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps, compile_ours, memory, with_timm):
+# ---------------------------------------------------------------- ONNX Runtime on the paper's formulation
+def export_to_onnx(model, x, path):
+    """``model`` exported with torch's dynamo exporter for ``x``'s shape (as tools/export_onnx.py exports)."""
+    import logging
+    # torch.onnx warns about torchvision's ops it would map if torchvision were installed: not used here.
+    logging.getLogger('torch.onnx._internal.exporter._registration').setLevel(logging.ERROR)
+    model.eval()
+    torch.onnx.export(model, (x, ), dynamo=True, input_names=['input'], verbose=False).save(path)
+
+
+def onnxruntime_session(path):
+    """ONNX Runtime's CPU session of ``path``: all graph optimizations (its fusions of LayerNorm, GELU and
+    Linear, its blocked NCHWc conv layout), torch's number of threads."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    return lambda x: ([torch.from_numpy(out) for out in session.run(None, {'input': x.numpy()})], None)
+
+
+def cpu_inference_engines(models, x, onnx_dir, with_bf16, with_onnxruntime):
+    """The CPU inference rows beyond ours and the paper's: {name: (precision label, function of x)}."""
+    engines = {}
+    if with_bf16:
+        engines['ours bf16'] = ('bf16 autocast', lambda x: run_step(models['ours'], x, 'infer', torch.bfloat16))
+    if with_onnxruntime:
+        path = os.path.join(onnx_dir, 'paper.onnx')
+        export_to_onnx(models['paper'], x, path)
+        engines['onnxruntime'] = ('fp32', onnxruntime_session(path))
+    return engines
+
+
+def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps, compile_ours, memory, with_timm,
+                      cpu_extras=()):
+    """Rows of the table for one arch, input and step: every model (and, in CPU float32 inference, the
+    ``cpu_extras`` 'bf16' and 'onnxruntime') timed in one interleaving."""
     models = build_models(arch, device, compile_ours, with_timm=with_timm)
     x = torch.randn(shape, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    # name -> (precision label or None for the setting's, function of x running one step)
+    engines = {name: (None, lambda x, model=model: run_step(model, x, step, amp_dtype))
+               for name, model in models.items()}
+    onnx_dir = tempfile.TemporaryDirectory(prefix='benchmark_backbone_')
+    if device.type == 'cpu' and step == 'infer' and amp_dtype is None and cpu_extras:
+        engines.update(cpu_inference_engines(models, x, onnx_dir.name, 'bf16' in cpu_extras,
+                                             'onnxruntime' in cpu_extras))
     results = {}
     start = time.perf_counter()
-    for name, model in models.items():  # warm-up, and the outputs to compare
+    for name, (_, run) in engines.items():  # warm-up, and the outputs to compare
         first = time.perf_counter()
-        results[name] = run_step(model, x, step, amp_dtype)
+        results[name] = run(x)
         if name.endswith('+compile'):
             print(f'  ({name}: first {step} step, with compilation, took {time.perf_counter() - first:.0f} s)',
                   flush=True)
-    seconds = time_interleaved(models, x, step, amp_dtype, reps)
+    seconds = time_interleaved({name: lambda run=run: run(x) for name, (_, run) in engines.items()}, device, reps)
     rows = []
     ref_outs, ref_grads = results['paper']
-    for name in models:
+    for name, (precision, _) in engines.items():
         outs, grads = results[name]
         same_weights = not name.startswith('timm')
-        row = dict(arch=arch, shape='x'.join(map(str, shape)), step=step, model=name,
+        row = dict(arch=arch, shape='x'.join(map(str, shape)), step=step, model=name, precision=precision,
                    images_per_s=shape[0] / seconds[name], vs_paper=seconds['paper'] / seconds[name],
                    out_diff=largest_relative_difference(outs, ref_outs) if same_weights else None,
                    grad_diff=largest_relative_difference(grads, ref_grads) if grads and same_weights else None,
@@ -256,11 +313,14 @@ def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps,
         if memory and device.type == 'cuda':
             row['peak_mib'] = cuda_peak_of_step(models[name], x, step, amp_dtype) / 2**20
         elif memory and name != 'ours+compile':  # its first step would count the compiler's memory
-            request = dict(model=name, arch=arch, shape=list(shape), step=step, device=str(device),
-                           amp=str(amp_dtype).replace('torch.', '') if amp_dtype else None)
+            amp = torch.bfloat16 if name == 'ours bf16' else amp_dtype
+            request = dict(model=name.split()[0], arch=arch, shape=list(shape), step=step, device=str(device),
+                           amp=str(amp).replace('torch.', '') if amp else None,
+                           onnx=os.path.join(onnx_dir.name, 'paper.onnx') if name == 'onnxruntime' else None)
             row['peak_mib'] = measure_in_subprocess(request) / 2**20
         rows.append(row)
-    del models, results
+    del models, results, engines
+    onnx_dir.cleanup()
     print(f'  ({arch} {rows[0]["shape"]} {step}: {time.perf_counter() - start:.0f} s)', flush=True)
     return rows
 
@@ -310,8 +370,8 @@ def run_backbone_benchmark(args):
             for shape in args.sizes:
                 for step in args.steps:
                     for row in benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, args.reps,
-                                                 args.compile, args.memory, args.timm):
-                        row['precision'] = label
+                                                 args.compile, args.memory, args.timm, args.cpu_extras):
+                        row['precision'] = row['precision'] or label
                         rows.append(row)
     print(f'After: {machine_line(device)}')
     print(f'{args.reps} repetitions per model and setting, medians.')
@@ -449,6 +509,10 @@ def parse_args(argv=None):
     parser.add_argument('--precisions', nargs='+', choices=sorted(CUDA_SETTINGS),
                         help='on a GPU: fp32-nchw, fp32 (TF32, channels_last), bf16, fp16 (AMP, channels_last); '
                              'default all. On the CPU: fp32')
+    parser.add_argument('--no-onnxruntime', dest='cpu_extras', action='append_const', const='-onnxruntime',
+                        help='CPU inference: leave out the ONNX Runtime row (the paper\'s formulation exported)')
+    parser.add_argument('--no-bf16', dest='cpu_extras', action='append_const', const='-bf16',
+                        help='CPU inference: leave out the row of ours under bf16 autocast')
     parser.add_argument('--detector-memory', metavar='CONFIG',
                         help='peak memory of a training step of this detector, with_cp off and on')
     parser.add_argument('--size', type=parse_size, default=(800, 1333), metavar='HxW',
@@ -474,6 +538,11 @@ def parse_args(argv=None):
         parser.error('--amp: mmengine\'s AmpOptimWrapper needs a CUDA GPU; on the CPU the step is fp32')
     if args.timm and importlib.util.find_spec('timm') is None:
         parser.error('--timm needs timm installed (pip install timm)')
+    left_out = {name[1:] for name in args.cpu_extras or []}
+    args.cpu_extras = [name for name in ('bf16', 'onnxruntime') if name not in left_out]
+    if 'onnxruntime' in args.cpu_extras and importlib.util.find_spec('onnxruntime') is None:
+        print('onnxruntime is not installed: no ONNX Runtime row (pip install -r requirements.txt)')
+        args.cpu_extras.remove('onnxruntime')
     return args
 
 
@@ -490,7 +559,7 @@ def main(argv=None):
         else:
             amp = getattr(torch, request['amp']) if request['amp'] else None
             result = peak_memory_of_step(request['model'], request['arch'], tuple(request['shape']), request['step'],
-                                         device, amp)
+                                         device, amp, request.get('onnx'))
         print(json.dumps(result))
     elif args.detector_memory:
         run_detector_memory(args)
