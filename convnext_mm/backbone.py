@@ -42,7 +42,7 @@ PIXELS_PER_CHUNK = 2048
 # oneDNN's Linear with a fused activation (what inductor uses on the CPU); None where torch lacks oneDNN.
 ONEDNN_LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, '_linear_pointwise', None)
                            if torch.backends.mkldnn.is_available() else None)
-# ConvNeXtBlock.inference_weights: per block, {dtype: (parameter versions, weights)}.
+# ConvNeXtBlock.inference_weights: per block, (dtype and parameter versions, bfloat16 copies of the parameters).
 INFERENCE_WEIGHTS = weakref.WeakKeyDictionary()
 
 
@@ -110,16 +110,15 @@ class ConvNeXtBlock(nn.Module):
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
 
     def pointwise_in_chunks(self, x, shortcut, dtype):
-        """CPU inference after the depthwise conv: norm, Linear+GELU, Linear with layer scale and residual,
-        computed ``PIXELS_PER_CHUNK`` pixels at a time into one channels_last output of ``dtype`` (float32, or
-        bfloat16 under autocast). Each pixel's arithmetic is that of the plain path up to rounding order, but a
-        chunk's 4C-wide hidden map stays in the CPU's cache and its buffer is reused, where the whole map's would
-        be a fresh allocation (page faults) of up to 4x the block's input, written to memory and read back: 1.5-1.9x
-        faster for a stage-1 block (docs/benchmarks.md). Both Linears are oneDNN's, GELU fused into the first,
-        layer scale (folded into the weights) and residual into the second. Not with GRN, whose norm spans the
-        whole map; no drop path in eval mode."""
+        """CPU inference after the depthwise conv: norm, Linear+GELU, Linear, layer scale and residual, computed
+        ``PIXELS_PER_CHUNK`` pixels at a time into one channels_last output of ``dtype`` (float32, or bfloat16
+        under autocast). Each pixel's arithmetic is the plain path's, but a chunk's 4C-wide hidden map stays in
+        the CPU's cache and its buffer is reused, where the whole map's would be a fresh allocation (page faults)
+        of up to 4x the block's input, written to memory and read back: 1.5-1.9x faster for a stage-1 block
+        (docs/benchmarks.md). Both Linears are oneDNN's (GELU fused into the first). Not with GRN, whose norm
+        spans the whole map; no drop path in eval mode."""
         dim = x.shape[-1]
-        weight1, bias1, weight2, bias2 = self.inference_weights(dtype)
+        weight1, bias1, weight2, bias2, gamma = self.inference_weights(dtype)
         rows = x.reshape(-1, dim)  # a view where x is channels_last, as in the backbone
         out = torch.empty_like(shortcut, dtype=dtype, memory_format=torch.channels_last)
         out_rows = out.permute(0, 2, 3, 1).view(-1, dim)
@@ -129,29 +128,31 @@ class ConvNeXtBlock(nn.Module):
             # PyTorch's LayerNorm kernel computes a bfloat16 input's statistics in float32.
             hidden = F.layer_norm(rows[chunk].to(dtype), self.norm.normalized_shape, self.norm.weight,
                                   self.norm.bias, self.norm.eps)
-            hidden = onednn_linear_gelu(hidden, weight1, bias1)
-            out_rows[chunk] = onednn_linear_add(hidden, shortcut_rows[chunk].to(dtype), weight2, bias2)
+            hidden = onednn_linear(onednn_linear_gelu(hidden, weight1, bias1), weight2, bias2)
+            residual = shortcut_rows[chunk].to(dtype)
+            if gamma is None:
+                torch.add(residual, hidden, out=out_rows[chunk])
+            else:
+                torch.addcmul(residual, hidden, gamma, out=out_rows[chunk])
         return out
 
     def inference_weights(self, dtype):
-        """``pwconv1``'s weight and bias, and ``pwconv2``'s with the layer scale folded in (``gamma * (W h + b)``
-        as ``(gamma W) h + gamma b``: rounding order only), in ``dtype``, for :meth:`pointwise_in_chunks`. Cached
-        until a parameter changes: keyed on each parameter's storage and version counter, which every in-place
-        write bumps (``load_state_dict``, optimizer steps), so the float32 parameters stay the only truth and a
-        bfloat16 forward casts no weight. The cache lives beside the module (``INFERENCE_WEIGHTS``), not in it:
-        copies and pickles of the module do not carry it."""
-        params = [self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias, self.gamma]
-        key = tuple((p.data_ptr(), p._version) for p in params if p is not None)
-        cache = INFERENCE_WEIGHTS.setdefault(self, {})
-        if dtype not in cache or cache[dtype][0] != key:
+        """Both Linears' weights and biases and the layer scale, in ``dtype``, for :meth:`pointwise_in_chunks`:
+        the parameters themselves in float32; in bfloat16, copies cast once and cached until a parameter changes
+        (so a bfloat16 forward casts no weight): keyed on each parameter's storage and version counter, which
+        every in-place write bumps (``load_state_dict``, optimizer steps), the float32 parameters staying the
+        only truth. The cache lives beside the module (``INFERENCE_WEIGHTS``), not in it: copies and pickles of
+        the module do not carry it."""
+        params = (self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias, self.gamma)
+        if dtype == torch.float32:
+            return params
+        key = (dtype, ) + tuple((p.data_ptr(), p._version) for p in params if p is not None)
+        cached = INFERENCE_WEIGHTS.get(self)
+        if cached is None or cached[0] != key:
             with torch.no_grad():
-                weight2, bias2 = self.pwconv2.weight, self.pwconv2.bias
-                if self.gamma is not None:
-                    weight2, bias2 = weight2 * self.gamma[:, None], bias2 * self.gamma
-                weight1, bias1, weight2, bias2 = (w.detach().to(dtype).contiguous() for w in (
-                    self.pwconv1.weight, self.pwconv1.bias, weight2, bias2))
-            cache[dtype] = (key, (weight1, bias1, weight2, bias2))
-        return cache[dtype][1]
+                cached = INFERENCE_WEIGHTS[self] = (key, tuple(None if p is None else p.detach().to(dtype)
+                                                               for p in params))
+        return cached[1]
 
 
 def onednn_inference_dtype(x):
@@ -174,10 +175,10 @@ def onednn_linear_gelu(x, weight, bias):
     return ONEDNN_LINEAR_POINTWISE(x, weight, bias, 'gelu', [], 'none')
 
 
-def onednn_linear_add(x, other, weight, bias):
-    """``x W^T + b + other`` in oneDNN's matrix product, the residual added as the result is written (a pass
-    saved), and oneDNN's product is faster than MKL's on this project's AMD CPU (docs/benchmarks.md)."""
-    return ONEDNN_LINEAR_POINTWISE.binary(x, other, weight, bias, 'add')
+def onednn_linear(x, weight, bias):
+    """``x W^T + b`` in oneDNN's matrix product, faster than PyTorch's MKL ``addmm`` on this project's AMD CPU
+    (docs/benchmarks.md). No autograd: inference only."""
+    return ONEDNN_LINEAR_POINTWISE(x, weight, bias, 'none', [], '')
 
 
 class ConvNeXtStage(nn.Sequential):

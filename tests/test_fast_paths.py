@@ -1,8 +1,8 @@
 """Every fast path of the backbone gives the outputs and gradients of the plain formulation.
 
 The fast paths (convnext_mm/backbone.py): channels_last maps throughout, CPU inference of each block's MLP in
-chunks of pixels with oneDNN's fused Linear+GELU and Linear+residual (float32, and bfloat16 under autocast, with
-cached inference copies of the weights), and the ``compile`` option. The plain formulation is
+chunks of pixels with oneDNN's Linears, GELU fused into the first (float32, and bfloat16 under autocast, with
+cached bfloat16 copies of the weights), and the ``compile`` option. The plain formulation is
 the paper's, as written in tools/benchmark_backbone.py (``PaperConvNeXt``, which the benchmark times ours
 against), or the same block run on NCHW input or with autograd on. Speed is measured by that benchmark, not here.
 """
@@ -67,11 +67,11 @@ def step(model, x, train):
 
 @pytest.fixture
 def onednn_calls(monkeypatch):
-    """Records ``(op, input dtype)`` of every call of oneDNN's fused Linear+GELU and Linear+residual (so a test
+    """Records ``(op, input dtype)`` of every call of oneDNN's fused Linear+GELU and its Linear (so a test
     knows the fast path ran, and in which dtype); stays empty where torch has no oneDNN (the tests of the fused
     path skip there: ``needs_onednn``)."""
     calls = []
-    for name in ('onednn_linear_gelu', 'onednn_linear_add'):
+    for name in ('onednn_linear_gelu', 'onednn_linear'):
         original = getattr(backbone_module, name)
 
         def counting(x, *args, original=original, name=name):
@@ -99,7 +99,7 @@ def test_inference_matches_the_paper_formulation(onednn_calls):
     x = torch.randn(2, 3, 70, 97)
     assert_all_close(step(ours, x, train=False), step(paper, x, train=False))
     blocks = sum(TINY_ARCH['depths'])  # every block took both fused ops, in float32
-    assert onednn_calls == [('onednn_linear_gelu', torch.float32), ('onednn_linear_add', torch.float32)] * blocks
+    assert onednn_calls == [('onednn_linear_gelu', torch.float32), ('onednn_linear', torch.float32)] * blocks
 
 
 def test_training_step_matches_the_paper_formulation(onednn_calls):
@@ -154,7 +154,7 @@ def test_bf16_autocast_inference_takes_the_bf16_fused_path_close_to_fp32(onednn_
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         outs = ours.eval()(x)
     assert onednn_calls and set(onednn_calls) == {('onednn_linear_gelu', torch.bfloat16),
-                                                  ('onednn_linear_add', torch.bfloat16)}
+                                                  ('onednn_linear', torch.bfloat16)}
     assert all(o.dtype == torch.bfloat16 for o in outs)
     fp32 = step(paper, x, train=False)
     assert largest_relative_difference(outs, fp32) < BF16_RTOL
@@ -174,8 +174,8 @@ def test_fp16_autocast_inference_takes_the_plain_path(onednn_calls):
 
 @needs_onednn
 def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(onednn_calls):
-    """The fused path's float32 and bfloat16 weight copies are rebuilt after every in-place change of the
-    parameters: its outputs equal the plain path's after ``load_state_dict`` and after an optimizer step."""
+    """The bfloat16 path's cached weight copies are rebuilt after every in-place change of the parameters: its
+    outputs (and the float32 path's) follow the plain path's after ``load_state_dict`` and an optimizer step."""
     model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3)), seed=0).eval()
     x = torch.randn(2, 3, 64, 64)
 
@@ -201,7 +201,7 @@ def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(one
         assert largest_relative_difference(bf16, plain) < BF16_RTOL, change
     with torch.no_grad():  # the step did change the outputs: the comparison above saw new weights
         assert largest_relative_difference(list(other.eval()(x)), plain) > 1e-2
-    assert ('onednn_linear_add', torch.bfloat16) in onednn_calls
+    assert ('onednn_linear', torch.bfloat16) in onednn_calls
 
 
 @pytest.mark.parametrize('train', [False, True], ids=['inference', 'training'])
