@@ -150,7 +150,7 @@ def test_bf16_autocast_inference_takes_the_bf16_fused_path_close_to_fp32(onednn_
     if pixels_per_chunk is not None:
         monkeypatch.setattr(backbone_module, 'PIXELS_PER_CHUNK', pixels_per_chunk)
     ours, paper = paper_pair()
-    x = torch.randn(2, 3, 64, 80)
+    x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))  # whatever ran before
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         outs = ours.eval()(x)
     assert onednn_calls and set(onednn_calls) == {('onednn_linear_gelu', torch.bfloat16),
