@@ -238,6 +238,18 @@ def test_grn_matches_the_papers_formula_with_gradients():
     assert_all_close(results[0], results[1])
 
 
+def test_grn_computes_the_norms_of_a_bf16_map_in_float32():
+    """Under bf16 autocast GRN gets bf16 maps; its norms and their ratio are computed in float32, so it equals
+    the paper's formula applied in float32 to the same (bf16-valued) map, to float32 rounding."""
+    grn = randomize(GRN(12))
+    x = (torch.randn(2, 5, 7, 12, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        out = grn(x)
+    assert out.dtype == torch.float32
+    with torch.no_grad():
+        assert_all_close([out], [paper_grn(x.float(), grn.gamma, grn.beta)])
+
+
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
 def test_outputs_are_plain_contiguous_nchw_whatever_the_input_layout(memory_format):
     model = ConvNeXt(arch=TINY_ARCH).eval()
