@@ -3,9 +3,9 @@
 mmengine's test and validation loops take ``fp16=True`` (``test_cfg=dict(type='TestLoop', fp16=True)``; mmpretrain's
 ``tools/test.py --amp`` sets exactly that) and then run the whole ``test_step`` under ``mmengine.runner.amp.autocast``,
 which picks bfloat16 on the CPU and float16 on CUDA. That is too much for a detector: its RPN then decodes boxes
-in bfloat16 (8 bits of mantissa: a coordinate near 1000 is off by up to 4 pixels) and hands them to mmcv's CPU NMS,
-which takes float32 only ("RuntimeError: expected scalar type Float but found BFloat16", deep in mmcv); mmcv's CPU
-RoIAlign is the same.
+in bfloat16 (8 significant bits: a coordinate near 1000 rounded to a multiple of 4 pixels) and hands them to
+mmcv's CPU NMS, which takes float32 only ("RuntimeError: expected scalar type Float but found BFloat16", deep in
+mmcv); mmcv's CPU RoIAlign is the same.
 
 :func:`autocast_network` draws the line where precision matters: the layers (backbone, neck, and each head's
 ``forward``: the RPN's convs, the box heads' convs and FCs, the mask heads' convs, the decode head) run under
@@ -38,9 +38,10 @@ def autocast_network(model, dtype=None):
     while hasattr(inner, 'module'):  # mmengine's TTA models and DDP wrap the detector or segmentor
         inner = inner.module
     if not (hasattr(inner, 'extract_feat') and hasattr(inner, 'predict')):
-        raise UnsupportedModelError(f'mixed-precision inference (--amp, test_cfg.fp16) runs mmdet detectors and mmseg '
-                        f'segmentors (a model with extract_feat and predict); {type(inner).__name__} is neither: '
-                        'test it in float32 (drop --amp, or set test_cfg.fp16=False)')
+        raise UnsupportedModelError(
+            'mixed-precision inference (--amp, test_cfg.fp16) runs mmdet detectors and mmseg segmentors (a model '
+            f'with extract_feat and predict); {type(inner).__name__} is neither: test it in float32 (drop --amp, or '
+            'set test_cfg.fp16=False)')
     _wrap(inner, 'predict', _in_float32)
     _wrap(inner, 'extract_feat', _in_autocast(dtype))
     for name, module in inner.named_modules():

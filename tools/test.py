@@ -12,7 +12,7 @@ segmentation, a directory of predicted label maps (as mmseg).
 config that sets it itself gets the same: mmengine's autocast over the network's layers (backbone, neck, heads),
 box decoding, NMS, RoIAlign, mask pasting and resizing in float32 (convnext_mm/mixed_precision.py; mmcv's CPU
 NMS and RoIAlign take float32 only). On this project's 2-core CPU it keeps the demo's metrics and runs Cascade Mask
-R-CNN ConvNeXt-T 1.64x and UperNet ConvNeXt-T 1.84x as fast at the paper's input sizes (docs/benchmarks.md).
+R-CNN ConvNeXt-T 1.6x and UperNet ConvNeXt-T 1.9x as fast at the paper's input sizes (docs/benchmarks.md).
 """
 import argparse
 import os
