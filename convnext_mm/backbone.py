@@ -71,11 +71,13 @@ class GRN(nn.Module):
         self.eps = eps
 
     def forward(self, x):
-        # The norms in float32 at least (bf16 or fp16 maps under autocast): rounded to 8 or 11 bits, they would
-        # scale every channel by their rounding error.
+        # The norms and their ratio in float32 at least (bf16 or fp16 maps under autocast: rounded to 8 or 11 bits
+        # they would scale every channel by their rounding error), then in the dtype the product had before
+        # (x's and gamma's: a half-precision model stays in half precision).
         spatial_norm = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True,
                                                 dtype=torch.promote_types(x.dtype, torch.float32))
         relative_norm = spatial_norm / (spatial_norm.mean(dim=-1, keepdim=True) + self.eps)
+        relative_norm = relative_norm.to(torch.promote_types(x.dtype, self.gamma.dtype))
         # The paper's gamma * (x * relative_norm) + beta + x, regrouped so the 4C-wide map takes one pass, not
         # four (about 2x faster): the per-image, per-channel factor 1 + gamma * relative_norm is tiny.
         return torch.addcmul(self.beta, x, 1 + self.gamma * relative_norm)

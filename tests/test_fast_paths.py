@@ -248,6 +248,7 @@ def test_grn_computes_the_norms_of_a_bf16_map_in_float32():
     assert out.dtype == torch.float32
     with torch.no_grad():
         assert_all_close([out], [paper_grn(x.float(), grn.gamma, grn.beta)])
+        assert grn.bfloat16()(x).dtype == torch.bfloat16  # a bf16 model stays bf16 (its next Linear needs it)
 
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
