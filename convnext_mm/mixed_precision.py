@@ -52,6 +52,20 @@ def autocast_network(model, dtype=None):
     return model
 
 
+def autocast_loop_network(runner, loop):
+    """``autocast_network(runner.model)`` where the runner's ``{loop}_cfg`` ('test' or 'val') sets ``fp16=True``,
+    mmengine's switch, whose loop would otherwise autocast mmcv's NMS and box decoding too; logged. A model it
+    cannot split stops the tool with the error, which says what to write."""
+    if not (runner.cfg.get(f'{loop}_cfg') or {}).get('fp16'):
+        return
+    try:
+        autocast_network(runner.model)
+    except UnsupportedModelError as error:
+        raise SystemExit(f'error: {error}') from None
+    runner.logger.info(f'{loop}_cfg.fp16: the layers under mmengine\'s autocast (bfloat16 on the CPU, float16 on '
+                       'CUDA), post-processing in float32')
+
+
 def _wrap(owner, name, make_wrapper):
     method = getattr(owner, name)
     if getattr(method, 'autocast_network', False):  # applied before: wrap once

@@ -232,3 +232,21 @@ def test_benchmark_amp_profile_parts_add_up_to_the_step(capsys):
     assert {'backbone', 'neck', 'rpn_head', 'rpn_head post-processing', 'bbox_roi_extractor', 'bbox_head',
             'mask_roi_extractor', 'mask_head', 'mask_head post-processing', 'rest of the step'} <= parts.keys()
     assert parts['rest of the step'] >= 0 and sum(parts.values()) == pytest.approx(1000 / speed, abs=len(parts))
+
+
+def test_train_tool_validates_a_detector_with_a_config_val_fp16(tmp_path):
+    """A config's val_cfg.fp16=True (mmengine's ValLoop switch, which alone runs mmcv's CPU NMS in bfloat16 and
+    stops there) validates the tiny detector during tools/train.py: the layers in bfloat16 through
+    autocast_network, COCO metrics at the end of the epoch."""
+    from test_tools import ROOT, TINY_CASCADE, run_script, scalars, write_tiny_coco
+    data = write_tiny_coco(str(tmp_path / 'coco'), num_images=2)
+    config = tmp_path / 'config.py'
+    config.write_text(TINY_CASCADE.format(base=CASCADE_T))
+    work_dir = tmp_path / 'work'
+    # In its own process: mmengine keeps loggers and visualizers as process-wide instances.
+    train = run_script([sys.executable, f'{ROOT}/tools/train.py', str(config), '--work-dir', str(work_dir),
+                        '--cfg-options', f'data_root={data}', 'train_cfg.val_begin=1', 'val_cfg.fp16=True'])
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "val_cfg.fp16: the layers under mmengine's autocast" in train.stdout + train.stderr
+    (metrics, ) = [record for record in scalars(work_dir) if 'coco/bbox_mAP' in record]
+    assert 0 <= metrics['coco/bbox_mAP'] <= 1 and 0 <= metrics['coco/segm_mAP'] <= 1

@@ -24,7 +24,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from convnext_mm.data_checks import DataError, check_datasets, leaf_datasets
-from convnext_mm.mixed_precision import UnsupportedModelError, autocast_network
+from convnext_mm.mixed_precision import autocast_loop_network
 from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu
 
 
@@ -113,13 +113,7 @@ def main(argv=None):
     except DataError as error:  # missing or malformed data: the message names the file and the fix
         raise SystemExit(f'error: {error}')
     runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    if cfg.test_cfg.get('fp16'):  # --amp or the config: mmengine's TestLoop alone would autocast mmcv's NMS too
-        try:
-            autocast_network(runner.model)
-        except UnsupportedModelError as error:
-            raise SystemExit(f'error: {error}')
-        runner.logger.info('test_cfg.fp16: the layers under mmengine\'s autocast (bfloat16 on the CPU, float16 on '
-                           'CUDA), post-processing in float32')
+    autocast_loop_network(runner, 'test')  # --amp, or the config's test_cfg.fp16
     for change in changes:
         runner.logger.warning(change)
     if args.out is not None and cfg.default_scope == 'mmdet':

@@ -19,6 +19,7 @@ from mmengine.runner import Runner
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.data_checks import DataError, check_datasets
 from convnext_mm.layer_decay import check_decay_constructor
+from convnext_mm.mixed_precision import autocast_loop_network
 from convnext_mm.runtime import (config_from_command_line, cuda_available, fit_config_to_machine,
                                 init_distributed_on_cpu, lost_a_peer)
 
@@ -107,6 +108,7 @@ def main(argv=None):
         # DDP's weights.
         check_datasets(cfg, ('train', 'val'))
         runner = build_runner(cfg)
+        autocast_loop_network(runner, 'val')  # the config's val_cfg.fp16
         for change in changes:
             runner.logger.warning(change)
         runner.train()
