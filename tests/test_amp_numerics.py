@@ -41,17 +41,21 @@ def relative_error(a, b):
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+def assert_autocast_matches_fp32(module, x, device, dtype):
+    """``module`` on ``x`` cast to ``dtype`` under autocast: finite, and within the dtype's tolerance of fp32."""
+    reference = module(x)
+    with torch.autocast(device, dtype=dtype):
+        out = module(x.to(dtype))
+    assert torch.isfinite(out).all()
+    assert relative_error(out, reference) < TOLERANCE[dtype]
+
+
 @pytest.mark.parametrize('dtype', DTYPES)
 @pytest.mark.parametrize('device', DEVICES)
 def test_layer_norm_2d_of_large_activations_under_autocast(device, dtype):
     x = large_activations((2, 64, 8, 8), device)
     assert naive_fp16_squares_overflow(x, dim=1)  # the input does stress fp16
-    norm = LayerNorm2d(64, eps=1e-6).to(device)
-    reference = norm(x)
-    with torch.autocast(device, dtype=dtype):
-        out = norm(x.to(dtype))
-    assert torch.isfinite(out).all()
-    assert relative_error(out, reference) < TOLERANCE[dtype]
+    assert_autocast_matches_fp32(LayerNorm2d(64, eps=1e-6).to(device), x, device, dtype)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
@@ -64,11 +68,7 @@ def test_grn_of_large_activations_under_autocast(device, dtype):
     with torch.no_grad():
         grn.gamma.uniform_(-1, 1)
         grn.beta.uniform_(-1, 1)
-    reference = grn(x)
-    with torch.autocast(device, dtype=dtype):
-        out = grn(x.to(dtype))
-    assert torch.isfinite(out).all()
-    assert relative_error(out, reference) < TOLERANCE[dtype]
+    assert_autocast_matches_fp32(grn, x, device, dtype)
 
 
 @pytest.mark.parametrize('dtype', DTYPES)
