@@ -7,8 +7,11 @@ Configs import it with ``custom_imports=dict(imports=['convnext_mm'], allow_fail
 """
 from .backbone import ConvNeXt
 from .checkpoint import convert_state_dict, load_pretrained
+from .isotropic import ConvNeXtIsotropic
+from .simple_fpn import SimpleFeaturePyramid
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from . import resume  # noqa: F401  safe loading of mmengine checkpoints, atomic saves, RandomStateHook
 
 __all__ = ['ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor', 'convert_state_dict', 'load_pretrained']
+__all__ += ['ConvNeXtIsotropic', 'SimpleFeaturePyramid']
 __version__ = '0.2.0'

@@ -22,6 +22,7 @@ from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm, _InstanceNorm
 from torch import nn
 
 from .backbone import ConvNeXt
+from .isotropic import ConvNeXtIsotropic
 from .registry import register_in_hosts
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
@@ -57,11 +58,24 @@ def min_num_layers(decay_type, depths):
     return 4
 
 
+def isotropic_min_num_layers(decay_type, depth):
+    """The smallest num_layers for an isotropic ConvNeXt: its last block (id ``depth``) below the rest."""
+    if decay_type != 'layer_wise':
+        raise ValueError(f"ConvNeXtLayerDecayOptimizerConstructor: decay_type={decay_type!r} has no meaning for "
+                         "ConvNeXtIsotropic (one stage of blocks); use decay_type='layer_wise'")
+    return depth
+
+
 def convnext_layer_id(name, decay_type, num_layers):
     """Layer id of a backbone parameter, ``name`` relative to the backbone (``stages.2.7.pwconv1.weight``): the
     official release's rules on its parameter names, which are convnext_mm's (and which mmdet's and mmseg's own
-    LearningRateDecayOptimizerConstructor parse the same way)."""
+    LearningRateDecayOptimizerConstructor parse the same way). ConvNeXtIsotropic's names (``stem``, ``blocks.N``)
+    get the BEiT/ViT rule, which the official release has no own code for: stem 0, block N -> N + 1."""
     parts = name.split('.')
+    if parts[0] == 'stem':
+        return 0
+    if parts[0] == 'blocks':
+        return int(parts[1]) + 1
     if parts[0] == 'downsample_layers':  # 0 is the stem
         return 0 if decay_type == 'stage_wise' else (0, 2, 3, num_layers)[int(parts[1])]
     if parts[0] == 'stages':
@@ -72,10 +86,10 @@ def convnext_layer_id(name, decay_type, num_layers):
 
 def find_convnext(model):
     """(backbone, prefix of its parameter names in ``model``) for a ConvNeXt or a model with a ConvNeXt backbone."""
-    if isinstance(model, ConvNeXt):
+    if isinstance(model, (ConvNeXt, ConvNeXtIsotropic)):
         return model, ''
     backbone = getattr(model, 'backbone', None)
-    if isinstance(backbone, ConvNeXt):
+    if isinstance(backbone, (ConvNeXt, ConvNeXtIsotropic)):
         return backbone, 'backbone.'
     found = 'no backbone attribute' if backbone is None else f'backbone of type {type(backbone).__name__}'
     raise TypeError(f'ConvNeXtLayerDecayOptimizerConstructor needs a convnext_mm ConvNeXt or a model whose '
@@ -164,10 +178,13 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         decay_type = cfg.get('decay_type', 'layer_wise')
         rate, num_layers = cfg['decay_rate'], cfg['num_layers']
         backbone, backbone_prefix = find_convnext(module)
-        minimum = min_num_layers(decay_type, backbone.depths)
+        if isinstance(backbone, ConvNeXtIsotropic):
+            minimum, arch = isotropic_min_num_layers(decay_type, backbone.depth), f'depth {backbone.depth}'
+        else:
+            minimum, arch = min_num_layers(decay_type, backbone.depths), f'depths {backbone.depths}'
         if num_layers < minimum:
             raise ValueError(f'ConvNeXtLayerDecayOptimizerConstructor: num_layers={num_layers} is too small for a '
-                             f'ConvNeXt with depths {backbone.depths}: {decay_type} needs num_layers >= {minimum} '
+                             f'{type(backbone).__name__} with {arch}: {decay_type} needs num_layers >= {minimum} '
                              'so that layer ids rise from the stem to the head')
         total_layers = num_layers + 2
 
