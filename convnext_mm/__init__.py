@@ -11,6 +11,7 @@ from .isotropic import ConvNeXtIsotropic
 from .simple_fpn import SimpleFeaturePyramid
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from . import resume  # noqa: F401  safe loading of mmengine checkpoints, atomic saves, RandomStateHook
+from . import demo, mixed_precision  # noqa: F401  hooks: DemoDataHook, EvalProgressBarHook; AutocastNetworkHook
 
 __all__ = ['ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor', 'convert_state_dict', 'load_pretrained']
 __all__ += ['ConvNeXtIsotropic', 'SimpleFeaturePyramid']

@@ -1,23 +1,21 @@
-"""Checks of a config's datasets before a run starts, so bad input stops it with a message that says the fix.
+"""Checks of a config's data sets, so bad input is found before a run with a message that says the fix.
 
 Without them, a missing data root, a broken annotation file, a listed image that is not on disk or labels
 beyond the model's classes surface as deep tracebacks from pycocotools, OpenCV or the loss, sometimes only
 hours into training; and COCO categories whose names the config does not list are dropped silently.
 
-``check_datasets(cfg, ('train', 'val'))`` is called by ``tools/train.py`` (``('test',)`` by
-``tools/test.py``). It builds each dataset without loading it (``lazy_init``) to learn its resolved paths
-and classes exactly as mmdet/mmseg will, then reads the files itself, as they read them (label maps with
-mmcv's decoder, cast to uint8, as mmseg's ``LoadAnnotations``). Images with no objects are valid:
-they stay in the data (mmdet's ``filter_cfg.filter_empty_gt`` leaves them out of training batches only).
-In a distributed run only the first process reads the files.
+``python tools/misc/check_datasets.py CONFIG`` runs ``check_datasets(cfg, ('train', 'val', 'test'))``; the
+training and test tools do not (a run reads its data once, as mmdet's and mmseg's own tools do). It builds each
+dataset without loading it (``lazy_init``) to learn its resolved paths and classes exactly as mmdet/mmseg will,
+then reads the files itself, as they read them (label maps with mmcv's decoder, cast to uint8, as mmseg's
+``LoadAnnotations``). Images with no objects are valid: they stay in the data (mmdet's
+``filter_cfg.filter_empty_gt`` leaves them out of training batches only).
 """
 import json
-import os
 import os.path as osp
 
 import mmcv
 import numpy as np
-import torch.distributed as dist
 from mmengine.fileio import get as read_bytes
 from mmengine.logging import print_log
 from mmengine.registry import DATASETS, DefaultScope
@@ -34,6 +32,8 @@ DATA_HELP = {
 }
 DEMO_HELP = ('To try the model without the dataset, run `make demo` (detection) or `make demo-seg` '
              '(segmentation): they generate a small dataset in these formats under data/demo/ and train on it.')
+CHECK_HINT = ('python tools/misc/check_datasets.py CONFIG [--cfg-options ...] checks the config\'s data sets and names '
+              'what is missing or malformed. ' + DEMO_HELP)
 
 
 class DataError(ValueError):
@@ -41,41 +41,15 @@ class DataError(ValueError):
 
 
 def check_datasets(cfg, splits=('train', 'val')):
-    """Check the datasets of ``cfg``'s ``{split}_dataloader`` for each split; raise :class:`DataError`.
-
-    In a distributed run (``cfg.launcher``) only the process of rank 0 reads the files: each process would
-    otherwise read the whole annotation file (COCO's is 450 MB) at the same time. Where the process group is
-    already up (on the CPU), rank 0 sends its verdict to the others, so every process stops with the same
-    message; otherwise (GPUs: mmengine starts the group later) the launcher ends the others when rank 0 exits.
-    """
-    problem = None
-    if process_rank(cfg.get('launcher', 'none')) == 0:
-        try:
-            _check_all(cfg, splits)
-        except DataError as error:
-            problem = error
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        verdict = [None if problem is None else str(problem)]
-        dist.broadcast_object_list(verdict, src=0)
-        if problem is None and verdict[0] is not None:
-            problem = DataError(verdict[0])
-    if problem is not None:
-        raise problem
-
-
-def process_rank(launcher):
-    """This process's rank in the run: the process group's, or (before it starts) the launcher's variable."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    variable = {'pytorch': 'RANK', 'slurm': 'SLURM_PROCID', 'mpi': 'OMPI_COMM_WORLD_RANK'}.get(launcher)
-    return int(os.environ.get(variable, 0)) if variable else 0
-
-
-def _check_all(cfg, splits):
+    """Check the datasets of ``cfg``'s ``{split}_dataloader`` and ``{split}_evaluator`` for each split; raise
+    :class:`DataError`."""
     for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if not loader:
-            continue
+        _check_split(cfg, split)
+
+
+def _check_split(cfg, split):
+    loader = cfg.get(f'{split}_dataloader')
+    if loader:
         for dataset_cfg in leaf_datasets(loader['dataset']):
             with DefaultScope.overwrite_default_scope(cfg.get('default_scope')):
                 dataset = DATASETS.build(dict(dataset_cfg, lazy_init=True))

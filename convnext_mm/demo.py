@@ -1,188 +1,68 @@
-"""Demo mode: a paper config, trained on the generated demo data, in about ten minutes on two CPU cores.
+"""Demo mode's two hooks, and which demo config ``--demo`` runs for a paper config.
 
-``tools/train.py CONFIG --demo`` (and ``tools/test.py CONFIG CHECKPOINT --demo``) apply :func:`demo_config`
-after reading the config. What stays is the config's model (the same architecture, initialized at random:
-no pre-trained weights are read), mmdet's or mmseg's data pipeline transforms, the layer-decay optimizer,
-mmengine's Runner, and the metric: mmdet's ``CocoMetric`` (pycocotools) or mmseg's ``IoUMetric``.
-What changes, for a CPU and a small synthetic dataset (:mod:`convnext_mm.demo_data`, made on first use):
+The demo is a pair of config files, ``configs/demo/cascade_convnext_t_demo.py`` and
+``configs/demo/upernet_convnext_t_demo.py``: each inherits a paper config and states what the demo changes (data,
+classes, pipelines, schedule, initialization; docs/demo.md). They list the hooks here, so mmdet's and mmseg's own
+``tools/train.py`` and ``tools/test.py`` run them as they are, on a fresh checkout:
 
-- data: ``data/demo/coco`` or ``data/demo/ade`` with their classes; images of 128 to 160 pixels (the paper
-  trains at 800 to 1333 for detection, 512 for segmentation);
-- schedule: a few hundred iterations with a short warm-up, a learning rate for training from scratch and a
-  gentler layer decay (lower stages have to learn too), little drop path; AdamW's fused implementation
-  (the same update, in one pass over all parameters: a CPU spends much of a small step there otherwise);
-- detection: lighter RoI sampling (fewer proposals and fewer sampled RoIs per image);
-- evaluation once, at the end; pictures of the predictions on every ``VIS_INTERVAL``-th validation image
-  are written under the work dir (``<timestamp>/vis_data/vis_image``), and a progress bar runs meanwhile.
+- :class:`DemoDataHook` generates the demo's data set (:mod:`convnext_mm.demo_data`) unless it is there;
+- :class:`EvalProgressBarHook` shows a progress bar while the validation or test images are evaluated.
 """
-import copy
+import fcntl
+import os
 import os.path as osp
 import sys
 
 from mmengine.hooks import Hook
 from mmengine.utils import ProgressBar
 
-from .demo_data import CLASSES, DEMO_ROOT, SEG_CLASSES, ensure_demo_set
+from .demo_data import DEMO_ROOT, MAKERS, ensure_demo_set
 from .registry import register_in_hosts
 
-VIS_INTERVAL = 10  # one picture per this many validation images
-
-DET = dict(
-    scale=(160, 160),  # (long, short) side: the demo images are 128 to 160 pixels wide, kept as they are
-    batch_size=2,
-    max_epochs=2,  # of 232 images with objects, 2 per batch: 232 iterations
-    warmup_iters=50,
-    lr=1e-3,
-    decay_rate=0.9,
-    drop_path_rate=0.1,
-    rpn_proposals=(500, 200),  # (boxes kept before NMS, after) per image in training
-    rcnn_rois=16,  # RoIs sampled per image for each cascade stage (mmdet's default: 512)
-    test_proposals=(200, 50),
-    test_detections=20,
-)
-SEG = dict(
-    crop_size=(128, 128),
-    scale=(128, 128),
-    batch_size=4,
-    max_iters=160,
-    warmup_iters=20,
-    lr=1e-3,
-    decay_rate=0.9,
-    drop_path_rate=0.1,
-)
+CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+# paper config -> its demo config, under configs/
+DEMO_CONFIGS = {
+    'cascade/convnext_t_3x.py': 'demo/cascade_convnext_t_demo.py',
+    'upernet/convnext_t_512_160k_ade20k.py': 'demo/upernet_convnext_t_demo.py',
+}
 
 
-def demo_config(cfg, data_root=None):
-    """``cfg`` (an mmdet or mmseg config read from a file) changed in place for the demo; returns it.
+def demo_config_file(config):
+    """The demo config file for ``config``: its demo config if it is one of the paper configs that have one, or
+    ``config`` itself if it is a demo config already (under configs/demo/). Raises ValueError otherwise."""
+    path = osp.realpath(config)
+    if osp.dirname(path) == osp.realpath(osp.join(CONFIGS_DIR, 'demo')):
+        return config
+    for paper, demo in DEMO_CONFIGS.items():
+        if path == osp.realpath(osp.join(CONFIGS_DIR, paper)):
+            return osp.join(CONFIGS_DIR, demo)
+    choices = '; '.join(f'configs/{demo} (of configs/{paper})' for paper, demo in DEMO_CONFIGS.items())
+    raise ValueError(f'--demo: {config} has no demo config. The demo configs: {choices}. For another model, '
+                     'write a config that inherits yours and takes the data, classes and schedule of one of them, '
+                     'and run it without --demo.')
 
-    ``data_root``: the folder of the demo's data set (``--demo --cfg-options data_root=PATH``), generated there
-    when it has no complete copy; by default ``data/demo/coco`` or ``data/demo/ade``.
+
+@register_in_hosts('HOOKS')
+class DemoDataHook(Hook):
+    """Generates the demo's ``kind`` set ('coco' or 'ade') at ``data_root`` unless a complete copy is there.
+
+    It does so when it is built, in the Runner's ``__init__``: the Runner builds the datasets and the COCO
+    evaluator, which read the files, before it calls any hook (``before_run`` included). A folder that holds
+    other files is refused, not replaced (``data_root`` may point at a real dataset by mistake), except the
+    demo's own place, data/demo/KIND. The processes of a distributed run take turns (a file lock): the first
+    generates the set, the others find it complete.
     """
-    scope = cfg.get('default_scope')
-    if scope not in ('mmdet', 'mmseg'):
-        raise ValueError(f'--demo runs mmdet and mmseg configs; this one has default_scope={scope!r}')
-    kind = 'coco' if scope == 'mmdet' else 'ade'
-    if data_root:
-        root = ensure_demo_set(kind, str(data_root))
-    else:
-        root = ensure_demo_set(kind, osp.join(DEMO_ROOT, kind), ours=True)
-    cfg.data_root = root
-    if scope == 'mmdet':
-        _detection(cfg, root)
-    else:
-        _segmentation(cfg, root)
-    cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='EvalProgressBarHook')]
-    return cfg
 
-
-def _from_scratch(cfg, settings):
-    """Random initialization and a schedule for it, keeping the config's optimizer constructor."""
-    cfg.model.backbone.init_cfg = None  # ConvNeXt's own truncated-normal initialization
-    cfg.model.backbone.drop_path_rate = settings['drop_path_rate']
-    cfg.optim_wrapper.optimizer.update(lr=settings['lr'], fused=True)
-    cfg.optim_wrapper.paramwise_cfg.decay_rate = settings['decay_rate']
-    cfg.default_hooks.logger.interval = 10
-    cfg.default_hooks.checkpoint.max_keep_ckpts = 2
-    cfg.randomness = dict(seed=0)  # the same figures on every run (the docs quote them)
-    if cfg.get('work_dir') is None and cfg.filename:  # not the real run's work dir (its --resume would pick these)
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(cfg.filename))[0] + '_demo')
-    if cfg.get('auto_scale_lr'):
-        cfg.auto_scale_lr.enable = False
-
-
-def _set_heads(model_cfg, num_classes):
-    for key in ('bbox_head', 'mask_head', 'decode_head', 'auxiliary_head'):
-        heads = model_cfg.get(key)
-        for head in heads if isinstance(heads, list) else [heads]:
-            if isinstance(head, dict) and 'num_classes' in head:
-                head.num_classes = num_classes
-
-
-def _each(stage_cfgs):
-    return stage_cfgs if isinstance(stage_cfgs, list) else [stage_cfgs]
-
-
-def _detection(cfg, data_root):
-    s = DET
-    _from_scratch(cfg, s)
-    model = cfg.model
-    _set_heads(model.roi_head, len(CLASSES))
-    model.train_cfg.rpn_proposal.update(nms_pre=s['rpn_proposals'][0], max_per_img=s['rpn_proposals'][1])
-    for stage in _each(model.train_cfg.rcnn):
-        stage.sampler.num = s['rcnn_rois']
-    model.test_cfg.rpn.update(nms_pre=s['test_proposals'][0], max_per_img=s['test_proposals'][1])
-    model.test_cfg.rcnn.max_per_img = s['test_detections']
-
-    load = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True)]
-    resize = dict(type='Resize', scale=s['scale'], keep_ratio=True)
-    train_pipeline = [*load, resize, dict(type='RandomFlip', prob=0.5), dict(type='PackDetInputs')]
-    test_pipeline = [load[0], resize, load[1], dict(
-        type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]
-    for split, pipeline in (('train', train_pipeline), ('val', test_pipeline)):
-        loader = cfg[f'{split}_dataloader']
-        loader.update(num_workers=0, persistent_workers=False)
-        dataset = loader.dataset
-        while 'dataset' in dataset:  # RepeatDataset and similar wrappers
-            dataset = dataset.dataset
-        dataset.update(data_root=data_root, ann_file=f'annotations/instances_{split}.json',
-                       data_prefix=dict(img=f'{split}/'), metainfo=dict(classes=CLASSES), pipeline=pipeline)
-    cfg.train_dataloader.batch_size = s['batch_size']
-    cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
-    cfg.val_evaluator = dict(type='CocoMetric', ann_file=osp.join(data_root, 'annotations', 'instances_val.json'),
-                             metric=['bbox', 'segm'], format_only=False)
-    cfg.test_evaluator = copy.deepcopy(cfg.val_evaluator)
-
-    cfg.train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=s['max_epochs'], val_interval=s['max_epochs'])
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=s['warmup_iters']),
-        dict(type='CosineAnnealingLR', by_epoch=True, begin=0, end=s['max_epochs'], T_max=s['max_epochs'],
-             eta_min_ratio=0.01, convert_to_iter_based=True),
-    ]
-    cfg.default_hooks.visualization = dict(type='DetVisualizationHook', draw=True, interval=VIS_INTERVAL,
-                                           score_thr=0.5)
-
-
-def _segmentation(cfg, data_root):
-    s = SEG
-    _from_scratch(cfg, s)
-    model = cfg.model
-    _set_heads(model, len(SEG_CLASSES))
-    model.data_preprocessor.size = s['crop_size']
-    model.test_cfg = dict(mode='whole')
-
-    train_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='RandomResize', scale=s['scale'], ratio_range=(0.75, 1.5), keep_ratio=True),
-        dict(type='RandomCrop', crop_size=s['crop_size'], cat_max_ratio=0.75),
-        dict(type='RandomFlip', prob=0.5),
-        dict(type='PhotoMetricDistortion'),
-        dict(type='PackSegInputs'),
-    ]
-    test_pipeline = [
-        dict(type='LoadImageFromFile'),
-        dict(type='Resize', scale=s['scale'], keep_ratio=True),
-        dict(type='LoadAnnotations', reduce_zero_label=True),
-        dict(type='PackSegInputs'),
-    ]
-    for split, folder, pipeline in (('train', 'training', train_pipeline), ('val', 'validation', test_pipeline)):
-        loader = cfg[f'{split}_dataloader']
-        loader.update(num_workers=0, persistent_workers=False)
-        # The ADE20K layout, read by mmseg's base class: ADE20KDataset accepts only ADE20K's own class names.
-        loader.dataset = dict(
-            type='BaseSegDataset', data_root=data_root, img_suffix='.jpg', seg_map_suffix='.png',
-            reduce_zero_label=True, metainfo=dict(classes=SEG_CLASSES), pipeline=pipeline,
-            data_prefix=dict(img_path=f'images/{folder}', seg_map_path=f'annotations/{folder}'))
-    cfg.train_dataloader.batch_size = s['batch_size']
-    cfg.test_dataloader = copy.deepcopy(cfg.val_dataloader)
-
-    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=s['max_iters'], val_interval=s['max_iters'])
-    cfg.param_scheduler = [
-        dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=s['warmup_iters']),
-        dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=s['warmup_iters'], end=s['max_iters']),
-    ]
-    cfg.default_hooks.checkpoint.interval = s['max_iters'] // 4
-    cfg.default_hooks.visualization = dict(type='SegVisualizationHook', draw=True, interval=VIS_INTERVAL)
+    def __init__(self, kind, data_root):
+        if kind not in MAKERS:
+            raise ValueError(f'DemoDataHook: kind={kind!r}; the demo sets are {sorted(MAKERS)}')
+        folder = str(data_root).rstrip('/')
+        ours = osp.abspath(folder) == osp.abspath(osp.join(DEMO_ROOT, kind))
+        parent = osp.dirname(osp.abspath(folder))
+        os.makedirs(parent, exist_ok=True)
+        with open(osp.join(parent, f'.{osp.basename(folder)}.lock'), 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            ensure_demo_set(kind, folder, ours=ours)
 
 
 @register_in_hosts('HOOKS')

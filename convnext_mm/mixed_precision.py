@@ -12,10 +12,14 @@ mmcv); mmcv's CPU RoIAlign is the same.
 mmengine's autocast and hand float32 outputs on; everything between and after them (box decoding, NMS, RoIAlign,
 mask pasting, the resize of segmentation logits, the sliding window's sums) runs in float32 with autocast off,
 also inside a loop's own autocast. The layers are where a detector's and a segmentor's time goes, so this keeps
-nearly all of the gain.
+nearly all of the gain. :class:`AutocastNetworkHook` (in the configs' ``custom_hooks``) applies it where a config's
+``val_cfg`` or ``test_cfg`` sets ``fp16=True``.
 """
 import torch
+from mmengine.hooks import Hook
 from mmengine.runner.amp import autocast
+
+from .registry import register_in_hosts
 
 # What mmdet and mmseg call the layers a model's predictions come from; a model may lack some (a single-stage
 # detector has no rpn_head). Heads of other names (HTC's semantic head, ...) stay in float32: correct, not faster.
@@ -52,18 +56,32 @@ def autocast_network(model, dtype=None):
     return model
 
 
-def autocast_loop_network(runner, loop):
-    """``autocast_network(runner.model)`` where the runner's ``{loop}_cfg`` ('test' or 'val') sets ``fp16=True``,
-    mmengine's switch, whose loop would otherwise autocast mmcv's NMS and box decoding too; logged. A model it
-    cannot split stops the tool with the error, which says what to write."""
-    if not (runner.cfg.get(f'{loop}_cfg') or {}).get('fp16'):
-        return
-    try:
-        autocast_network(runner.model)
-    except UnsupportedModelError as error:
-        raise SystemExit(f'error: {error}') from None
-    runner.logger.info(f'{loop}_cfg.fp16: the layers under mmengine\'s autocast (bfloat16 on the CPU, float16 on '
-                       'CUDA), post-processing in float32')
+@register_in_hosts('HOOKS')
+class AutocastNetworkHook(Hook):
+    """:func:`autocast_network` on the runner's model before a validation or test loop whose config sets
+    ``fp16=True`` (``val_cfg``/``test_cfg``, mmengine's switch): that loop's own autocast would otherwise run mmcv's
+    NMS and box decoding in bfloat16 too. Without ``fp16`` it does nothing. The paper's configs list it in
+    ``custom_hooks``, so mmdet's and mmseg's own tools get the same (``--cfg-options test_cfg.fp16=True``).
+    A model it cannot split stops the loop with :class:`UnsupportedModelError`, which says what to write.
+    """
+
+    def __init__(self):
+        self._logged = set()
+
+    def before_val(self, runner):
+        self._apply(runner, runner.val_loop, 'val')
+
+    def before_test(self, runner):
+        self._apply(runner, runner.test_loop, 'test')
+
+    def _apply(self, runner, loop, name):
+        if not getattr(loop, 'fp16', False):
+            return
+        autocast_network(runner.model)  # wraps once, however many validations
+        if name not in self._logged:
+            self._logged.add(name)
+            runner.logger.info(f'{name}_cfg.fp16: the layers under mmengine\'s autocast (bfloat16 on the CPU, '
+                               'float16 on CUDA), post-processing in float32')
 
 
 def _wrap(owner, name, make_wrapper):

@@ -1,16 +1,21 @@
-"""Running the paper's configs with the tools on the machine at hand, with GPUs or with none.
+"""What this repository's tools/train.py and tools/test.py add to mmdet's and mmseg's: reading the command line,
+and running the paper's configs on a machine without CUDA.
 
-The configs state the paper's set-up: fp16 AMP, SyncBN heads, NCCL. Without CUDA the tools adapt a loaded
-config (``fit_config_to_machine``) instead of asking users to edit it:
+The configs state the paper's set-up: fp16 AMP, SyncBN heads, NCCL; everything else a run does is in the config
+(hooks included), so mmdet's and mmseg's own tools run them alike. Without CUDA, the tools here adapt a loaded
+config (``fit_config_to_machine``) and log each change:
 
 - ``AmpOptimWrapper`` -> ``OptimWrapper`` (fp32): mmengine's AmpOptimWrapper refuses to build without a GPU.
+  With mmdet's or mmseg's own tools: ``--cfg-options optim_wrapper.type=OptimWrapper``, the same config.
 - Distributed runs start torch's CPU backend, gloo (``init_distributed_on_cpu``), with the config's
   ``env_cfg.dist_cfg.timeout``: mmengine's ``init_dist`` calls ``torch.cuda.set_device``, which a CPU build
-  of torch lacks.
+  of torch lacks (so mmdet's own tools cannot run a distributed job on a CPU).
 - Distributed runs turn SyncBN into BN: torch's SyncBatchNorm synchronizes GPU tensors only, so on the CPU each
   process normalizes over its own images. A single process needs nothing: mmengine's Runner reverts SyncBN to BN
   when it is not distributed, and torch's SyncBatchNorm without a process group acts as BN.
 - DDP wraps the model without ``device_ids``, which DDP rejects for a module on the CPU.
+
+``--demo`` runs a paper config's demo config (configs/demo/, :func:`convnext_mm.demo.demo_config_file`).
 """
 import datetime
 import importlib
@@ -23,7 +28,7 @@ from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
 
-from .demo import demo_config
+from .demo import demo_config_file
 from .registry import HOST_LIBRARIES
 
 # (height, width) of the paper's detection FLOPs.
@@ -104,18 +109,23 @@ def load_config(path, cfg_options=None):
 
 def config_from_command_line(args):
     """The config of ``tools/train.py`` or ``tools/test.py``, with what their command lines share applied, as
-    mmdet's tools do it: ``--demo``, ``--cfg-options``, ``--launcher`` and ``--work-dir`` (command line > config >
-    ./work_dirs/<config file name>)."""
-    cfg = load_config(args.config, None if args.demo else args.cfg_options)
-    if args.demo:  # the demo's settings first, so that --cfg-options can still change them
-        options = dict(args.cfg_options or {})
-        demo_config(cfg, data_root=options.pop('data_root', None))  # data_root: where the demo's data goes
-        apply_cfg_options(cfg, options)
+    mmdet's tools do it: ``--demo`` (the paper config's demo config file instead), ``--cfg-options``,
+    ``--launcher`` and ``--work-dir`` (command line > config > ./work_dirs/<config file name>)."""
+    config = args.config
+    if getattr(args, 'demo', False):
+        try:
+            config = demo_config_file(config)
+        except ValueError as error:
+            raise SystemExit(f'error: {error}') from None
+        if osp.realpath(config) != osp.realpath(args.config):
+            print(f'--demo: running {osp.relpath(config)}, the demo config of {args.config} (mmdet\'s and mmseg\'s '
+                  'own tools run that file as it is)', flush=True)
+    cfg = load_config(config, args.cfg_options)
     cfg.launcher = args.launcher
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config))[0])
     return cfg
 
 
@@ -177,8 +187,9 @@ def fit_config_to_machine(cfg, distributed):
         optim_wrapper['type'] = 'OptimWrapper'
         for key in AMP_ONLY_KEYS:
             optim_wrapper.pop(key, None)
-        changes.append('no CUDA GPU: training in fp32 (OptimWrapper) instead of the config\'s fp16 AMP '
-                       '(AmpOptimWrapper needs a GPU)')
+        changes.append('no CUDA GPU: training in fp32, optim_wrapper.type=OptimWrapper instead of the config\'s fp16 '
+                       'AmpOptimWrapper, which needs a GPU (mmdet\'s and mmseg\'s own tools/train.py: add '
+                       '--cfg-options optim_wrapper.type=OptimWrapper)')
     if distributed:
         cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
         if replace_sync_bn(cfg.get('model')):

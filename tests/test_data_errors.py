@@ -1,5 +1,5 @@
-"""Bad input data stops a run before it starts, with a message naming the file or value and the fix; images
-with no objects are valid and go through training and evaluation."""
+"""Bad input data is found before a run (tools/misc/check_datasets.py), with a message naming the file or value
+and the fix; images with no objects are valid and go through training and evaluation."""
 import json
 import os.path as osp
 import shutil
@@ -294,52 +294,20 @@ def test_label_maps_are_read_as_mmseg_reads_them(ade_root):
         check_datasets(seg_config(ade_root))
 
 
-def test_only_the_first_process_of_a_distributed_run_reads_the_data(coco_root, monkeypatch):
-    (coco_root / 'annotations' / 'instances_train.json').write_text('[]')
-    cfg = det_config(coco_root)
-    cfg.launcher = 'pytorch'  # torchrun's RANK tells the process its rank before the process group starts
-    monkeypatch.setenv('RANK', '1')
-    check_datasets(cfg)
-    monkeypatch.setenv('RANK', '0')
-    with pytest.raises(DataError, match='the file holds a list'):
-        check_datasets(cfg)
-
-
-def _check_as_rank(rank, cfg, port, results):
-    import datetime
-    import os
-    import torch.distributed as dist
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
-    try:
-        check_datasets(cfg)
-        outcome = 'passed'
-    except DataError as error:
-        outcome = str(error)
-    finally:
-        dist.destroy_process_group()
-    (results / f'outcome_{rank}').write_text(outcome)
-
-
-def test_the_first_process_sends_its_verdict_to_the_others(coco_root, tmp_path, monkeypatch):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    from convnext_mm import data_checks
-    (coco_root / 'annotations' / 'instances_val.json').write_text('[]')
-    original = data_checks._read_coco
-
-    def reading(path):  # records which process read an annotation file (inherited by the forked processes)
-        with open(tmp_path / 'reads', 'a') as f:
-            f.write(f'{data_checks.process_rank("pytorch")}\n')
-        return original(path)
-
-    monkeypatch.setattr(data_checks, '_read_coco', reading)
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
-    mp.start_processes(_check_as_rank, args=(det_config(coco_root), port, tmp_path), nprocs=2, start_method='fork')
-    outcomes = [(tmp_path / f'outcome_{rank}').read_text() for rank in (0, 1)]
-    assert outcomes[0] == outcomes[1] and 'instances_val.json' in outcomes[0] and 'holds a list' in outcomes[0]
-    assert set((tmp_path / 'reads').read_text().split()) == {'0'}
+def test_check_datasets_tool_passes_good_data_and_names_the_fix_for_bad(coco_root, tmp_path, capsys):
+    """tools/misc/check_datasets.py: the checks on a config file, data_root moved with --cfg-options."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('check_tool', osp.join(ROOT, 'tools', 'misc', 'check_datasets.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    config = tmp_path / 'shapes.py'
+    config.write_text(f"""_base_ = {osp.join(ROOT, 'configs', 'demo', 'cascade_convnext_t_demo.py')!r}
+custom_hooks = []  # no DemoDataHook: the data is the test's
+""")
+    tool.main([str(config), '--cfg-options', f'data_root={coco_root}'])
+    assert 'the train, val, test data sets passed the checks' in capsys.readouterr().out
+    (coco_root / 'val' / '000001.jpg').unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main([str(config), '--splits', 'val', '--cfg-options', f'data_root={coco_root}'])
+    assert str(exit_info.value.code).startswith('error: 1 of the 3 images listed') and '000001.jpg' in \
+        str(exit_info.value.code)

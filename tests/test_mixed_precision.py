@@ -250,3 +250,22 @@ def test_train_tool_validates_a_detector_with_a_config_val_fp16(tmp_path):
     assert "val_cfg.fp16: the layers under mmengine's autocast" in train.stdout + train.stderr
     (metrics, ) = [record for record in scalars(work_dir) if 'coco/bbox_mAP' in record]
     assert 0 <= metrics['coco/bbox_mAP'] <= 1 and 0 <= metrics['coco/segm_mAP'] <= 1
+
+
+def test_autocast_network_hook_applies_where_the_loop_sets_fp16():
+    """The configs' AutocastNetworkHook (what makes test_cfg.fp16 work under mmdet's own tools/test.py too):
+    autocast_network on the model before a loop with fp16=True, nothing before one without."""
+    from types import SimpleNamespace
+
+    from mmengine.logging import MMLogger
+
+    from convnext_mm.mixed_precision import AutocastNetworkHook
+    model = tiny_detector()
+    runner = SimpleNamespace(model=model, logger=MMLogger.get_instance('autocast_network_hook_test'),
+                             val_loop=SimpleNamespace(fp16=False), test_loop=SimpleNamespace(fp16=True))
+    hook = AutocastNetworkHook()
+    hook.before_val(runner)
+    assert not hasattr(model.extract_feat, 'autocast_network')
+    hook.before_test(runner)
+    assert model.extract_feat.autocast_network and model.predict.autocast_network
+    assert model.roi_head.bbox_head[2].forward.autocast_network

@@ -46,7 +46,7 @@ def tiny_cascade(data_root, path, sigkill=None):
     cfg.randomness = dict(seed=0)
     if sigkill:
         cfg.custom_imports = dict(imports=['convnext_mm', 'sigkill_hook'], allow_failed_imports=False)
-        cfg.custom_hooks = [dict(type='SigkillHook', **sigkill)]
+        cfg.custom_hooks = [*cfg.custom_hooks, dict(type='SigkillHook', **sigkill)]
     cfg.dump(path)
     return path
 

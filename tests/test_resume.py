@@ -71,14 +71,14 @@ def tiny_upernet(data_root):
 def write_config(cfg, path, sigkill=None):
     """Deterministic settings, logging every iteration; ``sigkill``: SigkillHook args.
 
-    tools/train.py adds the RandomStateHook itself: the random generators' state goes with each checkpoint.
+    The config's RandomStateHook (configs/_base_) puts the random generators' state into each checkpoint.
     """
     cfg = copy.deepcopy(cfg)
     cfg.randomness = dict(seed=0, deterministic=True)
     cfg.default_hooks.logger.interval = 1
     if sigkill:
         cfg.custom_imports = dict(imports=['convnext_mm', 'sigkill_hook'], allow_failed_imports=False)
-        cfg.custom_hooks = [dict(type='SigkillHook', **sigkill)]
+        cfg.custom_hooks = [*cfg.custom_hooks, dict(type='SigkillHook', **sigkill)]
     cfg.dump(path)
     return path
 

@@ -3,15 +3,18 @@
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta] [--amp] [--demo]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
-Several GPUs: tools/dist_test.sh. ``--tta`` runs the config's test-time augmentation (the segmentation configs'
+A config gives the same figures here as under mmdet's or mmseg's own tools/test.py (what this tool adds:
+distributed runs on the CPU, ``--cfg-options data_root=PATH``, ``--demo``, ``--amp``). Several GPUs:
+tools/dist_test.sh. ``--tta`` runs the config's test-time augmentation (the segmentation configs'
 multi-scale 0.5-1.75 plus flip test). ``--out``: detection, a .pkl file of the raw predictions (as mmdet);
 segmentation, a directory of predicted label maps (as mmseg).
 
 ``--amp``: mixed-precision inference, bfloat16 on the CPU and float16 on a CUDA GPU. It sets the config's
-``test_cfg.fp16=True`` (mmengine's TestLoop switch, and what mmpretrain's ``tools/test.py --amp`` sets), and a
-config that sets it itself gets the same: mmengine's autocast over the network's layers (backbone, neck, heads),
-box decoding, NMS, RoIAlign, mask pasting and resizing in float32 (convnext_mm/mixed_precision.py; mmcv's CPU
-NMS and RoIAlign take float32 only). On this project's 2-core CPU it keeps the demo's metrics and runs Cascade Mask
+``test_cfg.fp16=True`` (mmengine's TestLoop switch, and what mmpretrain's ``tools/test.py --amp`` sets; with mmdet's
+own tools/test.py: ``--cfg-options test_cfg.fp16=True``). The configs' AutocastNetworkHook then runs mmengine's
+autocast over the network's layers (backbone, neck, heads) only, box decoding, NMS, RoIAlign, mask pasting and
+resizing in float32 (convnext_mm/mixed_precision.py; mmcv's CPU NMS and RoIAlign take float32 only); a config
+without the hook gets it added. On this project's 2-core CPU it keeps the demo's metrics and runs Cascade Mask
 R-CNN ConvNeXt-T 1.6x and UperNet ConvNeXt-T 1.9x as fast at the paper's input sizes (docs/benchmarks.md).
 """
 import argparse
@@ -23,8 +26,8 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from convnext_mm.data_checks import DataError, check_datasets, leaf_datasets
-from convnext_mm.mixed_precision import autocast_loop_network
+from convnext_mm.data_checks import CHECK_HINT, leaf_datasets
+from convnext_mm.mixed_precision import UnsupportedModelError
 from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu
 
 
@@ -44,7 +47,8 @@ def parse_args(argv=None):
         '--amp', action='store_true', help='mixed-precision inference (test_cfg.fp16=True): the network\'s layers '
         'in bfloat16 on the CPU, float16 on CUDA; post-processing in float32')
     parser.add_argument(
-        '--demo', action='store_true', help='test a checkpoint of tools/train.py --demo on the demo val data')
+        '--demo', action='store_true', help='run the config\'s demo config (configs/demo/): for a checkpoint of '
+        'tools/train.py --demo, on the demo\'s validation data')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -72,6 +76,8 @@ def build_config(args):
         use_test_time_augmentation(cfg, args.config)
     if args.amp:
         cfg.test_cfg['fp16'] = True
+        if not any(hook.get('type') == 'AutocastNetworkHook' for hook in cfg.get('custom_hooks', [])):
+            cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='AutocastNetworkHook')]
     if args.out is not None and cfg.default_scope == 'mmseg':
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
@@ -109,17 +115,17 @@ def main(argv=None):
     init_distributed_on_cpu(cfg)
     changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
-        check_datasets(cfg, ('test', ))
-    except DataError as error:  # missing or malformed data: the message names the file and the fix
-        raise SystemExit(f'error: {error}')
-    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-    autocast_loop_network(runner, 'test')  # --amp, or the config's test_cfg.fp16
-    for change in changes:
-        runner.logger.warning(change)
-    if args.out is not None and cfg.default_scope == 'mmdet':
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    return runner.test()
+        runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+        for change in changes:
+            runner.logger.warning(change)
+        if args.out is not None and cfg.default_scope == 'mmdet':
+            from mmdet.evaluation import DumpDetResults
+            runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        return runner.test()
+    except UnsupportedModelError as error:  # --amp on a model it cannot split: the message says what to write
+        raise SystemExit(f'error: {error}') from None
+    except FileNotFoundError as error:  # most often the data set is not where the config says
+        raise SystemExit(f'error: {error}. {CHECK_HINT}') from None
 
 
 if __name__ == '__main__':

@@ -3,10 +3,12 @@
     python tools/train.py configs/cascade/convnext_t_3x.py [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
         [--auto-scale-lr] [--demo] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
-Several GPUs or nodes: tools/dist_train.sh (torchrun), tools/slurm_train.sh. Without CUDA, the config's fp16 AMP
-runs in fp32 and distributed runs use gloo (convnext_mm/runtime.py lists every adaptation).
-``--cfg-options data_root=PATH`` moves all dataset paths of the config to PATH. ``--demo`` trains the config's model
-from scratch on generated data in about ten minutes on a CPU (convnext_mm/demo.py; ``make demo``).
+A config trains the same here as under mmdet's or mmseg's own tools/train.py: its hooks and settings are all in
+the file. What this tool adds: without CUDA, the config's fp16 AMP runs in fp32 and distributed runs use gloo
+(logged; convnext_mm/runtime.py); ``--cfg-options data_root=PATH`` moves all dataset paths of the config to PATH;
+``--demo`` runs the config's demo config (configs/demo/; ``make demo``); errors that name the fix. Several GPUs or
+nodes: tools/dist_train.sh (torchrun), tools/slurm_train.sh. Checking a data set before a long run:
+tools/misc/check_datasets.py.
 """
 import argparse
 import os
@@ -17,9 +19,9 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from convnext_mm.checkpoint import CheckpointError
-from convnext_mm.data_checks import DataError, check_datasets
+from convnext_mm.data_checks import CHECK_HINT
 from convnext_mm.layer_decay import check_decay_constructor
-from convnext_mm.mixed_precision import autocast_loop_network
+from convnext_mm.mixed_precision import UnsupportedModelError
 from convnext_mm.runtime import (config_from_command_line, cuda_available, fit_config_to_machine,
                                 init_distributed_on_cpu, lost_a_peer)
 
@@ -40,8 +42,8 @@ def parse_args(argv=None):
     parser.add_argument(
         '--demo',
         action='store_true',
-        help='demo mode: the model from scratch on generated COCO/ADE20K-format data under data/demo/, about 10 '
-        'minutes on 2 CPU cores (convnext_mm/demo.py)')
+        help='run the config\'s demo config (configs/demo/): the model from scratch on generated COCO/ADE20K-format '
+        'data under data/demo/, about 10 minutes on 2 CPU cores')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -68,9 +70,6 @@ def build_config(args):
         check_decay_constructor(cfg.get('optim_wrapper', {}))
     except ValueError as error:
         raise SystemExit(f'error: {error}')
-    # The random generators' state goes into each checkpoint, so --resume continues the same random draws.
-    if not any(hook.get('type') == 'RandomStateHook' for hook in cfg.get('custom_hooks', [])):
-        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='RandomStateHook')]
 
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
@@ -104,18 +103,14 @@ def main(argv=None):
     init_distributed_on_cpu(cfg)
     changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
-        # In a distributed run the first collectives: the data check's verdict, the run's timestamp and seed,
-        # DDP's weights.
-        check_datasets(cfg, ('train', 'val'))
         runner = build_runner(cfg)
-        autocast_loop_network(runner, 'val')  # the config's val_cfg.fp16
         for change in changes:
             runner.logger.warning(change)
         runner.train()
-    except DataError as error:  # missing or malformed data: the message names the file and the fix
+    except (CheckpointError, UnsupportedModelError) as error:  # e.g. the ImageNet file is not there: what to do
         sys.exit(f'error: {error}')
-    except CheckpointError as error:  # e.g. the ImageNet checkpoint is not there: the message says what to do
-        sys.exit(f'error: {error}')
+    except FileNotFoundError as error:  # most often the data set is not where the config says
+        sys.exit(f'error: {error}. {CHECK_HINT}')
     except RuntimeError as error:  # another process of the run died or froze: say so, and how to go on
         if not lost_a_peer(error):
             raise

@@ -14,6 +14,9 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
+# RandomStateHook: checkpoints carry the random generators, so --resume continues the same draws.
+# AutocastNetworkHook: with val_cfg/test_cfg.fp16=True, the layers in bf16/fp16 and the post-processing in fp32.
+custom_hooks = [dict(type='RandomStateHook'), dict(type='AutocastNetworkHook')]
 
 # Short side 480, 512, ..., 800 with the long side at most 1333.
 multi_scale_sizes = [(1333, short_side) for short_side in range(480, 801, 32)]
@@ -42,8 +45,10 @@ param_scheduler = [
     dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[27, 33], gamma=0.1),
 ]
 
+# The paper's fp16 AMP needs a CUDA GPU. On a CPU: --cfg-options optim_wrapper.type=OptimWrapper (fp32), which
+# this repository's tools/train.py applies itself and logs.
 optim_wrapper = dict(
-    type='AmpOptimWrapper',  # fp32 on a machine without CUDA: see convnext_mm/runtime.py
+    type='AmpOptimWrapper',
     constructor='ConvNeXtLayerDecayOptimizerConstructor',
     paramwise_cfg=dict(decay_type='layer_wise'),
     optimizer=dict(_delete_=True, type='AdamW', betas=(0.9, 0.999), weight_decay=0.05))

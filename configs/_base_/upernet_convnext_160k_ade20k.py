@@ -14,6 +14,9 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
+# RandomStateHook: checkpoints carry the random generators, so --resume continues the same draws.
+# AutocastNetworkHook: with val_cfg/test_cfg.fp16=True, the layers in bf16/fp16 and the post-processing in fp32.
+custom_hooks = [dict(type='RandomStateHook'), dict(type='AutocastNetworkHook')]
 
 num_classes = 150
 model = dict(
@@ -29,7 +32,7 @@ model = dict(
 
 optim_wrapper = dict(
     _delete_=True,
-    type='AmpOptimWrapper',  # fp32 on a machine without CUDA: see convnext_mm/runtime.py
+    type='AmpOptimWrapper',  # fp32 on a CPU: --cfg-options optim_wrapper.type=OptimWrapper (tools/train.py does it)
     constructor='ConvNeXtLayerDecayOptimizerConstructor',
     paramwise_cfg=dict(decay_rate=0.9, decay_type='stage_wise'),
     optimizer=dict(type='AdamW', betas=(0.9, 0.999), weight_decay=0.05))
