@@ -21,6 +21,9 @@ _base_ = [
     'mmdet::_base_/default_runtime.py',
 ]
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
+# RandomStateHook: checkpoints carry the random generators, so --resume continues the same draws.
+# AutocastNetworkHook: with val_cfg/test_cfg.fp16=True, the layers in bf16/fp16 and the post-processing in fp32.
+custom_hooks = [dict(type='RandomStateHook'), dict(type='AutocastNetworkHook')]
 
 image_size = (1024, 1024)
 # ViTDet's norm after every conv of the neck and heads: a channels-first LayerNorm (eps as detectron2's).
@@ -68,7 +71,7 @@ val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 optim_wrapper = dict(
-    type='AmpOptimWrapper',  # fp32 on a machine without CUDA: see convnext_mm/runtime.py
+    type='AmpOptimWrapper',  # fp32 on a CPU: --cfg-options optim_wrapper.type=OptimWrapper (tools/train.py does it)
     constructor='ConvNeXtLayerDecayOptimizerConstructor',
     paramwise_cfg=dict(decay_type='layer_wise', num_layers=18),
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.1))

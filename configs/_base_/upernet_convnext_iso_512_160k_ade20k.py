@@ -20,6 +20,9 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
 custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
+# RandomStateHook: checkpoints carry the random generators, so --resume continues the same draws.
+# AutocastNetworkHook: with val_cfg/test_cfg.fp16=True, the layers in bf16/fp16 and the post-processing in fp32.
+custom_hooks = [dict(type='RandomStateHook'), dict(type='AutocastNetworkHook')]
 
 crop_size = (512, 512)
 num_classes = 150
