@@ -5,6 +5,7 @@ Data path: image -> stem (``downsample_layers.0``: 4x4 stride-4 conv, LayerNorm)
 LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
 The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
 """
+import logging
 import warnings
 import weakref
 
@@ -13,11 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from mmcv.cnn.bricks import DropPath
-from mmengine.logging import MMLogger
+from mmengine.logging import MMLogger, print_log
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit
 
-from .checkpoint import load_pretrained, rename_timm_module_keys
+from .checkpoint import (CheckpointError, arch_of_state_dict, compare_with_model, load_pretrained,
+                         to_backbone_names)
 from .registry import register_in_hosts
 
 # Depths and widths from the ConvNeXt (V1) and ConvNeXt V2 papers.
@@ -220,6 +222,19 @@ def downsample_layer(in_dim, dim):
     return nn.Sequential(LayerNorm2d(in_dim, eps=NORM_EPS), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
 
 
+def arch_preset(depths, dims):
+    """The preset name of ``depths`` and ``dims`` ('tiny', ...), or None for a custom arch."""
+    for name, settings in ARCH_SETTINGS.items():
+        if settings == dict(depths=list(depths), dims=list(dims)):
+            return name
+    return None
+
+
+def _listing(keys, shown=4):
+    keys = sorted(keys)
+    return ', '.join(keys[:shown]) + (f' ... and {len(keys) - shown} more' if len(keys) > shown else '')
+
+
 def resolve_arch(arch):
     """``arch`` preset name or ``dict(depths=[4 ints], dims=[4 ints])`` -> (depths, dims)."""
     if isinstance(arch, str):
@@ -311,6 +326,53 @@ def split_init_cfg(init_cfg, pretrained=None):
     return pretrained_cfg, others or None
 
 
+def check_first_consumer(backbone, outs):
+    """Have the first layer that reads ``outs`` (the neck, or a decode head's first conv) check, before it runs, that
+    it expects their channels: a config written for another width otherwise stops in torch's "expected input[2, 96,
+    40, 40] to have 128 channels", naming neither the backbone nor the fix. One global forward pre-hook, removed at
+    that first consumer's call (or once ``outs`` are gone). Returns whether the check was set up (not while tracing,
+    exporting or compiling, where hooks are not run as Python)."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
+    alive = weakref.ref(outs[0])
+    handle = None
+
+    def check(module, args):
+        if alive() is None:
+            handle.remove()
+            return
+        if not args:
+            return
+        if isinstance(args[0], (tuple, list)) and len(args[0]) and all(
+                any(a is b for b in outs) for a in args[0]):
+            handle.remove()
+            channels = [a.shape[1] for a in args[0]]
+            if isinstance(getattr(module, 'in_index', None), (list, tuple)):  # mmseg's heads select their inputs
+                channels = [args[0][i].shape[1] for i in module.in_index]
+            expected = getattr(module, 'in_channels', None)
+            if isinstance(expected, (list, tuple)) and list(expected) != channels:
+                raise ValueError(_channel_advice(backbone, f'{type(module).__name__} expects in_channels='
+                                                 f'{list(expected)}', outs))
+        elif any(args[0] is b for b in outs):
+            handle.remove()
+            expected = getattr(module, 'in_channels', None)
+            if isinstance(expected, int) and expected != args[0].shape[1]:
+                raise ValueError(_channel_advice(backbone, f'{type(module).__name__}, the first layer that reads '
+                                                 f'its output {[b is args[0] for b in outs].index(True)}, expects '
+                                                 f'{expected} channels', outs))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
+    return True
+
+
+def _channel_advice(backbone, problem, outs):
+    channels = [out.shape[1] for out in outs]
+    return (f'{problem}, but the backbone, {backbone.arch_name()}, outputs {channels} channels at out_indices '
+            f'{backbone.out_indices}. Write in_channels={channels} in the config\'s neck (e.g. '
+            f'neck=dict(in_channels={channels})) or, without a neck, in decode_head (with in_index) and '
+            'auxiliary_head, or pick the arch the neck was written for.')
+
+
 @register_in_hosts('MODELS')
 class ConvNeXt(BaseModule):
     """ConvNeXt backbone emitting one LayerNorm-ed feature map per index in ``out_indices``.
@@ -379,6 +441,7 @@ class ConvNeXt(BaseModule):
             raise ValueError(f'ConvNeXt: drop_path_rate={drop_path_rate!r} must be in [0, 1)')
         self.depths, self.dims = depths, dims
         self.in_channels = in_channels
+        self.use_grn = use_grn
         self.out_indices = resolve_out_indices(out_indices)
         self.frozen_stages = max(frozen_stages, 0)
 
@@ -394,6 +457,7 @@ class ConvNeXt(BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=NORM_EPS))
         self._freeze_stages()
+        self._consumer_checked = False  # check_first_consumer, once
         if compile:
             # Module.compile keeps the module tree and parameter names (checkpoints, layer decay) as they are.
             self.compile(**{'dynamic': False, **(compile if isinstance(compile, dict) else {})})
@@ -407,10 +471,81 @@ class ConvNeXt(BaseModule):
                             logger=MMLogger.get_current_instance())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints saved by convnext_mm 0.1 (a run to resume, a load_from) named the stem and stages as timm
-        # does: rename them, or mmengine's non-strict loading would skip those weights with only a warning.
-        rename_timm_module_keys(state_dict, prefix)
+        # Every loader (mmengine's load_checkpoint, load_from and resume, torch's load_state_dict, init_detector,
+        # the Inferencers) comes through here with the backbone's tensors under ``prefix``: they get the official
+        # names from any public layout, and must fill the whole backbone, or the load stops. mmengine's own loaders
+        # would otherwise skip every key that does not match, leaving the backbone random with only a warning.
+        keys = [key for key in state_dict if key.startswith(prefix)]
+        if keys:
+            given = {key[len(prefix):]: state_dict.pop(key) for key in keys}
+            state_dict.update({prefix + key: value for key, value in self.fit_weights(given, prefix).items()})
+        else:
+            print_log(f'ConvNeXt: the weights being loaded hold no tensor under {prefix!r}: the backbone '
+                      f'({self.arch_name()}) keeps the weights it has (its initialization, or init_cfg\'s file)',
+                      logger='current', level=logging.WARNING)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fit_weights(self, given, prefix=''):
+        """The backbone tensors ``given`` (any public layout, keys without ``prefix``) under this model's names;
+        :class:`CheckpointError` unless they fill every tensor of the model with its shape and hold none it lacks
+        (the image classifier and whole output norms aside)."""
+        converted, classifier = to_backbone_names(given)
+        expected = self.state_dict()
+        missing, unexpected, reshaped, unused_norms = compare_with_model(expected, converted)
+        where = f'the weights under {prefix!r}' if prefix else 'the weights'
+        if missing or unexpected or reshaped:
+            raise CheckpointError(f'{where} do not fit this ConvNeXt backbone: '
+                                  + self._describe_misfit(converted, missing, unexpected, reshaped))
+        renamed = len([key for key in given if key not in converted and key not in classifier])
+        absent_norms = sorted({key.split('.')[0] for key in expected if key not in converted})
+        notes = [f'{renamed} renamed from another layout' if renamed else '',
+                 f'left out the classifier ({len(classifier)} tensors)' if classifier else '',
+                 f'left out {", ".join(sorted({k.split(".")[0] for k in unused_norms}))}, which this backbone does '
+                 'not output' if unused_norms else '',
+                 f'{", ".join(absent_norms)} not in the weights: kept at their init' if absent_norms else '']
+        if any(notes):
+            print_log(f'ConvNeXt: loaded {len(converted) - len(unused_norms)} tensors from {where}: '
+                      + '; '.join(note for note in notes if note), logger='current', level=logging.INFO)
+        return {key: value for key, value in converted.items() if key in expected}
+
+    def _describe_misfit(self, converted, missing, unexpected, reshaped):
+        """What the weights hold against what the config builds, and what to write."""
+        problems = '; '.join(f'{label}: {_listing(keys)}' for label, keys in (
+            ('shape mismatch', [f'{k} {tuple(converted[k].shape)} in the weights vs '
+                                f'{tuple(self.state_dict()[k].shape)} here' for k in reshaped]),
+            ('missing from the weights', missing), ('not in this backbone', unexpected)) if keys)
+        try:
+            found = arch_of_state_dict(converted)
+        except CheckpointError as error:
+            return f'they are no whole ConvNeXt: they {error}. {problems}'
+        depths, dims = found['arch']['depths'], found['arch']['dims']
+        name = arch_preset(depths, dims)
+        differences = [f'stage {s + 1} (stages.{s}) has {depths[s]} blocks of {dims[s]} channels there, '
+                       f'{self.depths[s]} of {self.dims[s]} here'
+                       for s in range(NUM_STAGES) if (depths[s], dims[s]) != (self.depths[s], self.dims[s])]
+        write = [f"arch='{name}'" if name else f'arch=dict(depths={depths}, dims={dims})'] if differences else []
+        if found['use_grn'] != self.use_grn:
+            differences.append(f'ConvNeXt {"V2 (GRN)" if found["use_grn"] else "V1"} blocks there, '
+                               f'{"V2 (GRN)" if self.use_grn else "V1"} here')
+            write.append(f'use_grn={found["use_grn"]}')
+        has_layer_scale = self.stages[0][0].gamma is not None
+        if bool(found['layer_scale_init_value']) != has_layer_scale and not self.use_grn:
+            differences.append(f'layer scale {"in" if found["layer_scale_init_value"] else "not in"} the weights, '
+                               f'{"in" if has_layer_scale else "not in"} this backbone')
+            write.append(f'layer_scale_init_value={1.0 if found["layer_scale_init_value"] else 0}')
+        file_arch = (f'ConvNeXt{" V2" if found["use_grn"] else ""}-{name}' if name else
+                     f'ConvNeXt{" V2" if found["use_grn"] else ""} with depths={depths}, dims={dims}')
+        advice = (f'Write {", ".join(write)} in the config\'s model.backbone, or give weights of the backbone it '
+                  'builds' if write else 'Give weights of the backbone the config builds')
+        return (f'they are {file_arch}, the config builds {self.arch_name()}'
+                + (f' ({"; ".join(differences)})' if differences else '') + f'. {advice}. {problems}')
+
+    def arch_name(self):
+        """'ConvNeXt-tiny', 'ConvNeXt V2-atto' or the depths and dims of a custom arch: for messages."""
+        name = arch_preset(self.depths, self.dims)
+        version = ' V2' if self.use_grn else ''
+        return f'ConvNeXt{version}-{name}' if name else f'ConvNeXt{version} with depths={self.depths}, dims={self.dims}'
+
 
     def forward(self, x):
         self._check_input(x)
@@ -424,7 +559,10 @@ class ConvNeXt(BaseModule):
             if i in self.out_indices:
                 # Necks, heads and mmcv ops expect plain NCHW; this copy is small next to a stage.
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
-        return tuple(outs)
+        outs = tuple(outs)
+        if not self._consumer_checked:
+            self._consumer_checked = check_first_consumer(self, outs)
+        return outs
 
     def train(self, mode=True):
         super().train(mode)

@@ -21,6 +21,7 @@ import zipfile
 
 import numpy as np
 import torch
+from mmengine.runner.checkpoint import CheckpointLoader
 
 # What a checkpoint may hold beyond tensors, for torch's safe (weights_only) unpickler: numpy arrays and
 # scalars (mmengine and mmpretrain store them in their metadata) and argparse.Namespace (training args).
@@ -33,43 +34,70 @@ SAFE_GLOBALS = [
 # exit, which would also take them from every other loader (mmengine's resume) that relies on them.
 torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
-# (pattern, replacement) applied in order to each key, mapping every public layout onto the official names, which
-# are convnext_mm's own: downsample_layers.I.J, stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn}, norm0..3.
-# timm's module names, which convnext_mm 0.1 used too.
-TIMM_MODULE_RENAMES = [
+# The one rename table: (pattern, replacement) applied in order to each key of a backbone (its prefix removed), mapping
+# every public layout onto the official names, which are convnext_mm's own: downsample_layers.I.J,
+# stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn}, norm0..3.
+KEY_RENAMES = [
+    # timm's module names, which convnext_mm 0.1 used too.
     (r'^stem\.', 'downsample_layers.0.'),
     (r'^stages\.(\d+)\.downsample\.', r'downsample_layers.\1.'),
     (r'^stages\.(\d+)\.blocks\.', r'stages.\1.'),
-]
-KEY_RENAMES = TIMM_MODULE_RENAMES + [
-    (r'\.(depthwise_conv|conv_dw)\.', '.dwconv.'),  # mmpretrain, timm
+    # transformers' ConvNextModel / ConvNextV2Model (and their Backbone classes).
+    (r'^embeddings\.patch_embeddings\.', 'downsample_layers.0.0.'),
+    (r'^embeddings\.layernorm\.', 'downsample_layers.0.1.'),
+    (r'^encoder\.stages\.(\d+)\.downsampling_layer\.', r'downsample_layers.\1.'),
+    (r'^encoder\.stages\.(\d+)\.layers\.', r'stages.\1.'),
+    (r'^hidden_states_norms\.stage(\d)\.', lambda m: f'norm{int(m.group(1)) - 1}.'),
+    (r'^layernorm\.', 'norm.'),  # the classifier's final norm
+    (r'^(stages\.\d+\.\d+)\.layernorm\.', r'\1.norm.'),
+    (r'\.layer_scale_parameter$', '.gamma'),
+    (r'\.grn\.weight$', '.grn.gamma'),  # transformers' and timm's ConvNeXt V2
+    (r'\.grn\.bias$', '.grn.beta'),
+    # mmpretrain, timm.
+    (r'\.(depthwise_conv|conv_dw)\.', '.dwconv.'),
     (r'\.(pointwise_conv1|mlp\.fc1)\.', '.pwconv1.'),
     (r'\.(pointwise_conv2|mlp\.fc2)\.', '.pwconv2.'),
-    (r'\.mlp\.grn\.weight$', '.grn.gamma'),  # timm's ConvNeXt V2
-    (r'\.mlp\.grn\.bias$', '.grn.beta'),
+    (r'\.mlp\.grn\.', '.grn.'),
 ]
-# The image classifier of a classification checkpoint: official final norm and head, timm's head.
-CLASSIFIER_KEY = re.compile(r'^(norm|head|norm_pre)\.')
+# What wraps a whole model's keys: DDP's module., transformers' classification models' convnext. / convnextv2.
+WRAPPER_PREFIX = re.compile(r'^(module|convnext|convnextv2)\.')
+# The image classifier of a classification checkpoint: official final norm and head, timm's head, transformers'.
+CLASSIFIER_KEY = re.compile(r'^(norm|head|norm_pre|classifier)\.')
 OUTPUT_NORM_KEY = re.compile(r'^norm\d\.')
 BACKBONE_KEY = re.compile(r'^(downsample_layers|stages|norm\d)\.')
 # ConvNeXt V2's FCMAE pre-training files: the encoder in MinkowskiEngine's sparse layout.
 FCMAE_KEY = re.compile(r'^encoder\..*\.(kernel|ln\.weight|linear\.weight)$')
 MAX_KEYS_SHOWN = 6
+HF_HUB_PREFIX = 'hf-hub:'
+# What a Hugging Face model repository holds its weights in, in the order looked for.
+HF_HUB_FILES = ('model.safetensors', 'pytorch_model.bin')
 
 
-def rename_keys(key, renames):
-    for pattern, replacement in renames:
+def rename_key(key):
+    """``key`` of a backbone tensor in any public layout -> its official name (an official key stays as it is)."""
+    for pattern, replacement in KEY_RENAMES:
         key = re.sub(pattern, replacement, key)
     return key
 
 
-def rename_timm_module_keys(state_dict, prefix=''):
-    """In place: the keys under ``prefix`` that use timm's module names (as convnext_mm 0.1 saved them) get the
-    official ones, for loaders that match keys as they are (mmengine's resume and load_from, torch's)."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        new_key = prefix + rename_keys(key[len(prefix):], TIMM_MODULE_RENAMES)
-        if new_key != key:
-            state_dict[new_key] = state_dict.pop(key)
+def to_backbone_names(state_dict):
+    """A backbone's tensors (keys without the backbone's prefix) in any public layout -> ``(converted, ignored)``:
+    the tensors under the official names and shapes, and the keys of the image classifier (left out).
+
+    Shapes: ConvNeXt V2's GRN parameters stored as (1, 1, 1, C) become (C,); 1x1-convolution pointwise weights
+    (timm's ``conv_mlp``, mmpretrain's ``linear_pw_conv=False``) become Linear weights."""
+    converted, ignored = {}, []
+    for key, value in state_dict.items():
+        new_key = rename_key(key)
+        if CLASSIFIER_KEY.match(new_key):
+            ignored.append(key)
+            continue
+        if new_key.endswith(('.grn.gamma', '.grn.beta')):
+            value = value.reshape(-1)
+        elif re.search(r'\.pwconv[12]\.weight$', new_key) and value.dim() == 4:
+            value = value.flatten(1)
+        converted[new_key] = value
+    return converted, ignored
 
 
 class CheckpointError(RuntimeError):
@@ -77,16 +105,50 @@ class CheckpointError(RuntimeError):
 
 
 def read_checkpoint(path_or_url):
-    """Load a checkpoint file or URL with torch's safe unpickler (tensors, containers, numpy metadata)."""
-    if re.match(r'^(https?|ftp)://', str(path_or_url)):
-        return _read_download(path_or_url)
-    path = os.fspath(path_or_url)
-    if not os.path.isfile(path):
+    """Load a checkpoint: a local ``.pth``/``.pt``/``.bin`` file (torch's safe unpickler: tensors, containers, numpy
+    metadata) or ``.safetensors`` file, a URL, or ``hf-hub:REPO_ID`` (the Hugging Face hub, through its cache)."""
+    source = os.fspath(path_or_url) if not isinstance(path_or_url, str) else path_or_url
+    if source.startswith(HF_HUB_PREFIX):
+        return _read_file(hf_hub_file(source))
+    if re.match(r'^(https?|ftp)://', source):
+        return _read_download(source)
+    if not os.path.isfile(source):
         raise CheckpointError(
-            f'ConvNeXt checkpoint {path!r} not found. Download the file (the official ImageNet weights are '
+            f'ConvNeXt checkpoint {source!r} not found. Download the file (the official ImageNet weights are '
             'listed in the README) into that place, or point init_cfg.checkpoint at its local path, e.g. with '
             '--cfg-options model.backbone.init_cfg.checkpoint=PATH.')
-    return _read_file(path)
+    return _read_file(source)
+
+
+def hf_hub_file(source):
+    """The local path of a Hugging Face hub model's weights, ``hf-hub:REPO_ID`` as timm spells it (e.g.
+    ``hf-hub:timm/convnext_tiny.fb_in1k``, ``hf-hub:facebook/convnext-tiny-224``): from huggingface_hub's cache
+    if it is there, else downloaded into it (``model.safetensors``, else ``pytorch_model.bin``)."""
+    repo_id = source[len(HF_HUB_PREFIX):]
+    try:
+        import huggingface_hub
+    except ImportError as error:
+        raise CheckpointError(f'{source}: reading from the Hugging Face hub needs huggingface_hub (pinned in '
+                              'requirements.txt): pip install huggingface_hub') from error
+    for filename in HF_HUB_FILES:
+        cached = huggingface_hub.try_to_load_from_cache(repo_id, filename)
+        if isinstance(cached, str):
+            return cached
+    problem = None
+    for filename in HF_HUB_FILES:
+        try:
+            return huggingface_hub.hf_hub_download(repo_id, filename)
+        except huggingface_hub.errors.RemoteEntryNotFoundError as error:  # the repo has the other file
+            problem = error
+        except Exception as error:  # offline, no such repository, no access: the message says which
+            problem = error
+            break
+    cache = huggingface_hub.constants.HF_HUB_CACHE
+    raise CheckpointError(
+        f'{source}: {HF_HUB_FILES[0]} of {repo_id} is not in the Hugging Face cache ({cache}) and could not be '
+        f'downloaded ({type(problem).__name__}: {problem}). On a machine with network, run `hf download {repo_id} '
+        f'{HF_HUB_FILES[0]}` and copy {os.path.join(cache, "models--" + repo_id.replace("/", "--"))} into this '
+        'cache (HF_HUB_CACHE moves it), or download the file and give its local path as the checkpoint.')
 
 
 def _read_download(url):
@@ -113,7 +175,17 @@ def _read_download(url):
                               f'{error}') from error
 
 
+def is_safetensors(path):
+    """Whether the file is in the safetensors format (an 8-byte header length, then the JSON header), whatever
+    its name."""
+    with open(path, 'rb') as f:
+        start = f.read(9)
+    return len(start) == 9 and start[8:9] == b'{' and not zipfile.is_zipfile(path)
+
+
 def _read_file(path):
+    if is_safetensors(path):
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
@@ -127,9 +199,36 @@ def _read_file(path):
         raise _corrupt(path, error) from error
 
 
+def _read_safetensors(path):
+    try:
+        from safetensors.torch import load_file
+    except ImportError as error:
+        raise CheckpointError(f'{path} is a safetensors file, and reading it needs the safetensors package (pinned '
+                              'in requirements.txt): pip install safetensors') from error
+    try:
+        return load_file(path, device='cpu')
+    except Exception as error:  # safetensors raises its own SafetensorError (and OSError) for broken files
+        raise _corrupt(path, error) from error
+
+
 def _corrupt(path, error):
-    return CheckpointError(f'{path} could not be read as a PyTorch checkpoint; it may be truncated or corrupt: '
-                           f'download or save it again. Details: {error}')
+    return CheckpointError(f'{path} could not be read as a PyTorch or safetensors checkpoint; it may be truncated '
+                           f'or corrupt: download or save it again. Details: {error}')
+
+
+def load_from_safetensors(filename, map_location=None):
+    """mmengine's checkpoint loader for ``.safetensors`` files and ``hf-hub:`` names (``load_from``, resume,
+    ``load_checkpoint``, ``init_detector``, the Inferencers): read as :func:`read_checkpoint` reads them."""
+    checkpoint = read_checkpoint(filename)
+    if map_location not in (None, 'cpu'):
+        checkpoint = {k: v.to(map_location) for k, v in checkpoint.items()}
+    return checkpoint
+
+
+# mmengine picks a loader by matching these patterns at the start of the path (longest first), so they come
+# before its local loader and after its URL schemes.
+CheckpointLoader.register_scheme(prefixes=[r'(?!\w+://).*\.safetensors$', HF_HUB_PREFIX],
+                                 loader=load_from_safetensors, force=True)
 
 
 def _unwrap(checkpoint):
@@ -178,7 +277,7 @@ def select_prefix(state_dict, prefix):
 
 
 def convert_state_dict(checkpoint, prefix=None):
-    """Map any supported checkpoint layout onto convnext_mm's (the official) parameter names.
+    """The backbone of any supported checkpoint, under convnext_mm's (the official) parameter names.
 
     ``prefix``: take only the tensors under it, as mmengine's ``Pretrained(prefix=...)``; without it, a whole
     model's checkpoint (keys under ``backbone.``) gives its backbone. Returns ``(state_dict, ignored)``: the
@@ -195,34 +294,46 @@ def convert_state_dict(checkpoint, prefix=None):
         state_dict = select_prefix(state_dict, prefix)
     elif any(FCMAE_KEY.match(k) for k in state_dict):
         state_dict, ignored = fcmae_to_dense(state_dict)
+    else:
+        state_dict = {WRAPPER_PREFIX.sub('', k): v for k, v in state_dict.items()}
     # A whole model (mmpretrain classifier, mmdet detector, mmseg segmentor): keep only its backbone.
-    has_backbone_prefix = any(k.startswith('backbone.') for k in state_dict)
-    converted = {}
-    for key, value in state_dict.items():
-        if has_backbone_prefix:
-            if not key.startswith('backbone.'):
-                ignored.append(key)
-                continue
-            key = key[len('backbone.'):]
-        new_key = rename_keys(key, KEY_RENAMES)
-        if CLASSIFIER_KEY.match(new_key):
-            ignored.append(key)
-            continue
-        if new_key.endswith(('.grn.gamma', '.grn.beta')):
-            value = value.reshape(-1)  # official V2 stores (1, 1, 1, C)
-        elif re.search(r'\.pwconv[12]\.weight$', new_key) and value.dim() == 4:
-            value = value.flatten(1)  # 1x1 convolutions (timm conv_mlp, mmpretrain linear_pw_conv=False)
-        converted[new_key] = value
-    return converted, ignored
+    if any(k.startswith('backbone.') for k in state_dict):
+        ignored += [k for k in state_dict if not k.startswith('backbone.')]
+        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    converted, classifier = to_backbone_names(state_dict)
+    return converted, ignored + classifier
 
 
-def describe_arch(state_dict):
-    """'depths=[..], dims=[..]' of a converted state dict, to say which model a file belongs to."""
-    depths = [len({m.group(1) for k in state_dict for m in [re.match(rf'stages\.{s}\.(\d+)\.', k)] if m})
-              for s in range(4)]
-    dims = [state_dict[f'stages.{s}.0.dwconv.weight'].shape[0]
-            if f'stages.{s}.0.dwconv.weight' in state_dict else '?' for s in range(4)]
-    return f'depths={depths}, dims={dims}'
+def arch_of_state_dict(state_dict):
+    """The ConvNeXt constructor arguments that fit a backbone state dict under the official names: ``arch``
+    (depths and dims), ``use_grn`` and ``layer_scale_init_value`` (whether it has layer scale)."""
+    depths, dims = [], []
+    for stage in range(4):
+        blocks = {int(m.group(1)) for key in state_dict for m in [re.match(rf'stages\.{stage}\.(\d+)\.', key)] if m}
+        dwconv = state_dict.get(f'stages.{stage}.0.dwconv.weight')
+        if not blocks or dwconv is None:
+            raise CheckpointError(f'has no blocks for ConvNeXt stage {stage} (stages.{stage}.*), so it is no whole '
+                                  f'ConvNeXt backbone (its keys are like {_listing(list(state_dict)[:3])})')
+        depths.append(max(blocks) + 1)
+        dims.append(dwconv.shape[0])
+    has_layer_scale = any(re.match(r'stages\.\d+\.\d+\.gamma$', key) for key in state_dict)
+    return dict(arch=dict(depths=depths, dims=dims), use_grn=any('.grn.' in key for key in state_dict),
+                layer_scale_init_value=1e-6 if has_layer_scale else 0)
+
+
+def compare_with_model(expected, given):
+    """``given`` (name -> tensor, official names) against a model's ``expected`` state dict, by the backbone's
+    all-or-nothing rule. Returns ``(missing, unexpected, reshaped, unused_norms)``: tensors of the model absent from
+    ``given``, tensors of ``given`` the model lacks, tensors of another shape, and output norms of stages the model
+    does not output (not an error: e.g. mmpretrain's norm3). An output norm absent from ``given`` as a whole is no
+    error either (a classification file has none; the norm keeps its init)."""
+    unused_norms = [k for k in given if OUTPUT_NORM_KEY.match(k) and k not in expected]
+    unexpected = [k for k in given if k not in expected and k not in unused_norms]
+    norms_given = {k.split('.')[0] for k in given if OUTPUT_NORM_KEY.match(k)}
+    missing = [k for k in expected if k not in given and (
+        not OUTPUT_NORM_KEY.match(k) or k.split('.')[0] in norms_given)]
+    reshaped = [k for k, v in given.items() if k in expected and v.shape != expected[k].shape]
+    return missing, unexpected, reshaped, unused_norms
 
 
 def _listing(keys):
@@ -232,47 +343,23 @@ def _listing(keys):
 
 
 def load_pretrained(model, path_or_url, prefix=None, logger=None):
-    """Load a checkpoint of any supported layout into ``model`` (a ConvNeXt), checking every key and shape.
-
-    Only whole output norms may be absent (a classification file has none); the classifier is ignored.
-    Anything else missing, unexpected or of another shape raises :class:`CheckpointError`. ``prefix``: see
-    :func:`convert_state_dict`.
-    """
+    """Load the backbone of a checkpoint of any supported layout into ``model`` (a ConvNeXt): what
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does. The model's own loading checks every key and shape
+    (``ConvNeXt._load_from_state_dict``): only whole output norms may be absent, the classifier is left out, and
+    anything else missing, unexpected or of another shape raises :class:`CheckpointError`. ``prefix``: see
+    :func:`convert_state_dict`. Returns the tensors loaded."""
     name = str(path_or_url)
     try:
         converted, ignored = convert_state_dict(read_checkpoint(path_or_url), prefix=prefix)
+        if not any(BACKBONE_KEY.match(k) for k in converted):
+            raise CheckpointError(f'{name} is not a ConvNeXt checkpoint: none of its keys is a ConvNeXt backbone '
+                                  f'parameter (it has {_listing(converted)})')
+        model.load_state_dict(converted, strict=False)
     except CheckpointError as error:
         if name in str(error):
             raise
         raise CheckpointError(f'{name}: {error}') from error
-    expected = model.state_dict()
-    if not any(BACKBONE_KEY.match(k) for k in converted):
-        raise CheckpointError(f'{name} is not a ConvNeXt checkpoint: none of its keys is a ConvNeXt backbone '
-                              f'parameter (it has {_listing(converted)})')
-    # Output norms of stages the model does not output (e.g. mmpretrain's norm3) are not an error.
-    unused_norms = [k for k in converted if OUTPUT_NORM_KEY.match(k) and k not in expected]
-    unexpected = [k for k in converted if k not in expected and k not in unused_norms]
-    # An output norm is absent as a whole (kept at its init), or loaded as a whole.
-    norms_in_file = {k.split('.')[0] for k in converted if OUTPUT_NORM_KEY.match(k)}
-    missing = [k for k in expected if k not in converted and (
-        not OUTPUT_NORM_KEY.match(k) or k.split('.')[0] in norms_in_file)]
-    mismatched = [f'{k} {tuple(v.shape)} in file vs {tuple(expected[k].shape)} in model'
-                  for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
-    if unexpected or missing or mismatched:
-        problems = [f'{label}: {_listing(keys)}' for label, keys in (
-            ('shape mismatch', mismatched), ('missing from the file', missing), ('not in the model', unexpected))
-            if keys]
-        raise CheckpointError(
-            f'{name} does not fit this ConvNeXt (depths={model.depths}, dims={model.dims}): the file holds '
-            f'ConvNeXt {describe_arch(converted)}. Pick the arch (and use_grn) of the file, or the file of the '
-            f'arch. ' + '; '.join(problems))
-    loadable = {k: v for k, v in converted.items() if k in expected}
-    model.load_state_dict(loadable, strict=False)
-    absent = sorted(k.split('.')[0] for k in expected if k not in converted and k.endswith('.weight'))
     if logger is not None:
-        logger.info(
-            f'ConvNeXt: loaded {len(loadable)} tensors from {name}'
-            + (f'; expectedly absent: {", ".join(absent)} (output norms, kept at their init)' if absent else '')
-            + (f'; ignored {len(ignored) + len(unused_norms)} tensors not part of this backbone: '
-               f'{_listing(ignored + unused_norms)}' if ignored or unused_norms else ''))
-    return loadable
+        logger.info(f'ConvNeXt: loaded the backbone of {name}'
+                    + (f'; left out {len(ignored)} tensors of no backbone: {_listing(ignored)}' if ignored else ''))
+    return converted

@@ -8,7 +8,7 @@ fit, and an error says which parts of the model differ and what to do.
 import torch
 
 from .backbone import ConvNeXt
-from .checkpoint import read_checkpoint, rename_timm_module_keys
+from .checkpoint import CheckpointError, read_checkpoint
 from .demo_data import CLASSES as DEMO_CLASSES
 from .demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
 
@@ -44,8 +44,15 @@ def check_fits(model, checkpoint, checkpoint_path, config_path):
     """Raise :class:`CheckpointMismatchError` unless the checkpoint has every tensor of ``model``, with its
     shape, and nothing else."""
     state = model_state(checkpoint, checkpoint_path)
-    if isinstance(getattr(model, 'backbone', None), ConvNeXt):
-        rename_timm_module_keys(state, 'backbone.')  # a model trained with convnext_mm 0.1, as the backbone loads it
+    backbone = getattr(model, 'backbone', None)
+    if isinstance(backbone, ConvNeXt) and any(key.startswith('backbone.') for key in state):
+        # The backbone's own rule (any public layout, all or nothing), as every loader applies it.
+        given = {key[len('backbone.'):]: state.pop(key) for key in list(state) if key.startswith('backbone.')}
+        try:
+            state.update({'backbone.' + key: value for key, value in backbone.fit_weights(given, 'backbone.').items()})
+        except CheckpointError as error:
+            raise CheckpointMismatchError(f'checkpoint {checkpoint_path} does not fit the model of {config_path}: '
+                                          f'{error}') from error
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from mmengine.logging import MMLogger
+
 from convnext_mm import ConvNeXt
 from convnext_mm.checkpoint import CheckpointError, load_pretrained
 
@@ -231,19 +233,21 @@ def test_fcmae_pretraining_file_is_converted(tmp_path):
     assert_loaded(build_pretrained(path, use_grn=True), source, ())
 
 
-def test_loading_logs_one_summary(tmp_path):
+def test_loading_logs_the_file_what_it_left_out_and_what_kept_its_init(tmp_path):
     path = tmp_path / 'convnext_tiny_1k_224.pth'
     torch.save(official_layout(make_source()), path)
-    logger = logging.getLogger('convnext_mm.test')
+    logger = MMLogger.get_current_instance()
     records = []
-    logger.addHandler(type('H', (logging.Handler, ), {'emit': lambda self, r: records.append(r.getMessage())})())
-    logger.setLevel(logging.INFO)
-    load_pretrained(ConvNeXt(arch=TINY_ARCH), path, logger=logger)
-    assert len(records) == 1
-    summary = records[0]
-    assert str(path) in summary
-    assert 'expectedly absent: norm0, norm1, norm2, norm3' in summary
-    assert 'ignored 4 tensors' in summary and 'head.weight' in summary
+    handler = type('H', (logging.Handler, ), {'emit': lambda self, r: records.append(r.getMessage())})()
+    logger.addHandler(handler)
+    try:
+        load_pretrained(ConvNeXt(arch=TINY_ARCH), path, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    assert len(records) == 2
+    loaded, summary = records
+    assert f'loaded {len(backbone_tensors(make_source()))} tensors' in loaded and 'norm0, norm1, norm2, norm3 not in the weights: kept at their init' in loaded
+    assert str(path) in summary and 'left out 4 tensors of no backbone' in summary and 'head.weight' in summary
 
 
 def test_missing_file_says_where_to_put_it(tmp_path):
@@ -262,7 +266,7 @@ def test_truncated_file_is_named_corrupt(tmp_path):
 def test_text_file_is_named_corrupt(tmp_path):
     path = tmp_path / 'page.pth'
     path.write_text('<html>404 Not Found</html>')
-    with pytest.raises(CheckpointError, match=r'page\.pth could not be read as a PyTorch checkpoint'):
+    with pytest.raises(CheckpointError, match=r'page\.pth could not be read as a PyTorch or safetensors checkpoint'):
         build_pretrained(path)
 
 
@@ -280,16 +284,19 @@ def test_checkpoint_of_another_size_names_shapes_and_keys(tmp_path):
     with pytest.raises(CheckpointError) as error:
         build_pretrained(path)
     message = str(error.value)
-    assert 'bigger.pth does not fit this ConvNeXt (depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])' in message
-    assert 'the file holds ConvNeXt depths=[1, 1, 3, 1], dims=[16, 32, 64, 128]' in message
-    assert 'downsample_layers.0.0.weight (16, 3, 4, 4) in file vs (8, 3, 4, 4) in model' in message
-    assert 'not in the model: stages.2.2.' in message
+    assert 'bigger.pth: the weights do not fit this ConvNeXt backbone' in message
+    assert ('they are ConvNeXt with depths=[1, 1, 3, 1], dims=[16, 32, 64, 128], the config builds ConvNeXt with '
+            'depths=[1, 1, 2, 1], dims=[8, 16, 32, 64]') in message
+    assert 'stage 3 (stages.2) has 3 blocks of 64 channels there, 2 of 32 here' in message
+    assert 'Write arch=dict(depths=[1, 1, 3, 1], dims=[16, 32, 64, 128])' in message
+    assert 'downsample_layers.0.0.weight (16, 3, 4, 4) in the weights vs (8, 3, 4, 4) here' in message
+    assert 'not in this backbone: stages.2.2.' in message
 
 
 def test_v1_file_into_v2_model_names_the_missing_grn(tmp_path):
     path = tmp_path / 'v1.pth'
     torch.save(official_layout(make_source(use_grn=False)), path)
-    with pytest.raises(CheckpointError, match=r'missing from the file: stages\.0\.0\.grn\.beta'):
+    with pytest.raises(CheckpointError, match=r'V1 blocks there, V2 \(GRN\) here\)\. Write use_grn=False.*missing from the weights: stages\.0\.0\.grn\.beta'):
         build_pretrained(path, use_grn=True)
 
 
@@ -441,7 +448,7 @@ def test_half_an_output_norm_is_an_error(tmp_path):
     del state['norm3.bias']
     path = tmp_path / 'half_norm.pth'
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r'missing from the file: norm3\.bias'):
+    with pytest.raises(CheckpointError, match=r'missing from the weights: norm3\.bias'):
         build_pretrained(path)
 
 

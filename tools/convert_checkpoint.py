@@ -2,7 +2,8 @@
 
     python tools/convert_checkpoint.py SOURCE DESTINATION
 
-SOURCE: a file or URL in the official ConvNeXt / ConvNeXt V2, timm or mmpretrain layout, or a detector,
+SOURCE: a file (``.pth`` or ``.safetensors``), URL or ``hf-hub:REPO_ID`` in the official ConvNeXt / ConvNeXt V2,
+timm, transformers or mmpretrain layout, or a detector,
 segmentor or backbone checkpoint saved by convnext_mm. DESTINATION receives only the backbone's tensors under
 convnext_mm's names (a plain state dict, readable by ``torch.load(weights_only=True)``); the classifier, neck
 and heads are left out. The result is checked by loading it into a ConvNeXt of the architecture it holds
@@ -11,31 +12,14 @@ before it replaces DESTINATION.
 import argparse
 import os
 import os.path as osp
-import re
 import sys
 import tempfile
 
 import torch
 
 from convnext_mm import ConvNeXt
-from convnext_mm.checkpoint import BACKBONE_KEY, CheckpointError, convert_state_dict, load_pretrained, read_checkpoint
-
-
-def infer_backbone_args(state_dict):
-    """ConvNeXt constructor arguments that fit a converted state dict (depths, dims, V2 or not, layer scale)."""
-    depths, dims = [], []
-    for stage in range(4):
-        blocks = {int(m.group(1)) for key in state_dict for m in [re.match(rf'stages\.{stage}\.(\d+)\.', key)] if m}
-        dwconv = state_dict.get(f'stages.{stage}.0.dwconv.weight')
-        if not blocks or dwconv is None:
-            raise CheckpointError(f'the checkpoint has no blocks for ConvNeXt stage {stage}; is it a ConvNeXt?')
-        depths.append(max(blocks) + 1)
-        dims.append(dwconv.shape[0])
-    has_layer_scale = any(key.endswith('.gamma') and '.grn.' not in key for key in state_dict)
-    return dict(
-        arch=dict(depths=depths, dims=dims),
-        use_grn=any('.grn.' in key for key in state_dict),
-        layer_scale_init_value=1e-6 if has_layer_scale else 0)
+from convnext_mm.checkpoint import (BACKBONE_KEY, CheckpointError, arch_of_state_dict, convert_state_dict,
+                                   load_pretrained, read_checkpoint)
 
 
 def convert(source, destination):
@@ -45,7 +29,10 @@ def convert(source, destination):
     converted = {key: value for key, value in converted.items() if BACKBONE_KEY.match(key)}
     if not converted:
         raise CheckpointError(f'{source} holds no ConvNeXt backbone parameters')
-    backbone_args = infer_backbone_args(converted)
+    try:
+        backbone_args = arch_of_state_dict(converted)
+    except CheckpointError as error:
+        raise CheckpointError(f'{source} {error}') from error
     directory = osp.dirname(osp.abspath(destination))
     os.makedirs(directory, exist_ok=True)
     # Write next to the destination, check, then rename: a failed run leaves no half-written file behind.
