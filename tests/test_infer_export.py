@@ -160,7 +160,7 @@ def test_infer_bad_input_is_a_clear_error(case, det, seg, tmp_path, capsys):
         'unreadable image': 'cannot read image',
         'not an image': 'is neither an image',
         'other model': 'does not fit the model of',
-        'corrupt checkpoint': 'could not be read as a PyTorch checkpoint',
+        'corrupt checkpoint': 'could not be read as a PyTorch or safetensors checkpoint',
     }[case]
     if case == 'missing file':
         inputs = inputs / 'nothing.jpg'

@@ -490,7 +490,7 @@ def test_convert_checkpoint_counts_what_it_leaves_out_and_names_the_source_when_
     with pytest.raises(SystemExit) as exit_info:
         convert_checkpoint.main([str(gap), str(tmp_path / 'gap_out.pth')])
     message = str(exit_info.value.code)
-    assert str(gap) in message and 'missing from the file: stages.2.3.' in message
+    assert str(gap) in message and 'missing from the weights: stages.2.3.' in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_block_missing.pth', 'backbone_and_extras.pth', 'out.pth']
 
 
