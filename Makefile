@@ -13,14 +13,15 @@ $(VENV)/.complete: requirements.txt setup.py tools/setup_env.sh
 test: setup
 	$(PY) -m pytest tests -q -rs
 
-# The main job: Cascade Mask R-CNN ConvNeXt-T trained from scratch on generated COCO-format data (data/demo/),
-# evaluated with mmdet's CocoMetric; pictures of predictions go to work_dirs/, the curves to its curves.png.
-# See docs/demo.md.
+# The main job: Cascade Mask R-CNN ConvNeXt-T trained from scratch on generated COCO-format data (data/demo/,
+# made by the config's DemoDataHook), evaluated with mmdet's CocoMetric; pictures of predictions go to
+# work_dirs/, the curves to its curves.png. The same as `tools/train.py configs/cascade/convnext_t_3x.py --demo`,
+# and as mmdet's own tools/train.py on this config. See docs/demo.md.
 demo: setup
-	$(PY) tools/train.py configs/cascade/convnext_t_3x.py --demo
+	$(PY) tools/train.py configs/demo/cascade_convnext_t_demo.py
 	$(PY) tools/plot_curves.py work_dirs/convnext_t_3x_demo
 
 # The same for UperNet ConvNeXt-T on generated ADE20K-format data, evaluated with mmseg's IoUMetric.
 demo-seg: setup
-	$(PY) tools/train.py configs/upernet/convnext_t_512_160k_ade20k.py --demo
+	$(PY) tools/train.py configs/demo/upernet_convnext_t_demo.py
 	$(PY) tools/plot_curves.py work_dirs/convnext_t_512_160k_ade20k_demo
