@@ -200,6 +200,13 @@ def test_a_whole_detector_checkpoint_gives_its_backbone_and_output_norms(tmp_pat
                               init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'detector.pth')))
     model.init_weights()  # norm0 of the file is not an output here: not an error
     torch.testing.assert_close(model.norm2.weight, source.norm2.weight)
+    # An output norm is loaded as a whole or not at all.
+    del whole['backbone.norm2.bias']
+    torch.save({'state_dict': whole}, tmp_path / 'half_norm.pth')
+    model = ConvNeXtIsotropic(arch=dict(depth=3, dim=32), out_indices=(2, ),
+                              init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'half_norm.pth')))
+    with pytest.raises(CheckpointError, match=r'missing from the file: norm2\.bias'):
+        model.init_weights()
 
 
 def test_parameter_counts_match_the_paper():
@@ -410,6 +417,8 @@ def test_config_trains_a_step_on_the_cpu_with_gradients_reaching_the_stem(name, 
     if cfg.default_scope == 'mmdet':
         assert cfg.model.neck.type == 'SimpleFeaturePyramid'
         assert cfg.model.neck.backbone_channel == PAPER[cfg.model.backbone.arch][1]
+        # The Runner needs all three of val_dataloader, val_evaluator and val_cfg (mmdet's schedules give the loops).
+        assert (cfg.train_cfg.type, cfg.val_cfg.type, cfg.test_cfg.type) == ('IterBasedTrainLoop', 'ValLoop', 'TestLoop')
         batch = tiny_detection_batch()
         depth, dim = 2, 32
     else:

@@ -84,6 +84,8 @@ train_cfg = dict(
     max_iters=max_iters,
     val_interval=interval,
     dynamic_intervals=[(max_iters // interval * interval + 1, max_iters)])
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=250),
     dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[163889, 177546], gamma=0.1),
