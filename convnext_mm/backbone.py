@@ -20,6 +20,7 @@ from mmengine.model.weight_init import PretrainedInit
 
 from .checkpoint import (CheckpointError, arch_of_state_dict, compare_with_model, load_pretrained,
                          to_backbone_names)
+from . import cpu_fast_path
 from .registry import register_in_hosts
 
 # Depths and widths from the ConvNeXt (V1) and ConvNeXt V2 papers.
@@ -38,18 +39,6 @@ ARCH_SETTINGS = {
 NUM_STAGES = 4
 TOTAL_STRIDE = 32
 NORM_EPS = 1e-6
-# Pixels per chunk of a block's MLP in CPU inference (ConvNeXtBlock.pointwise_in_chunks): the 4C-wide hidden map
-# of a chunk, 2048 x 4C floats (3 MiB at C=96), stays in the cache.
-PIXELS_PER_CHUNK = 2048
-# oneDNN's Linear with a fused activation (what inductor uses on the CPU); None where torch lacks oneDNN.
-ONEDNN_LINEAR_POINTWISE = (getattr(torch.ops.mkldnn, '_linear_pointwise', None)
-                           if torch.backends.mkldnn.is_available() else None)
-# oneDNN's reorder of a Linear's weight into its blocked layout for a given number of rows (inductor's weight
-# prepacking); None where torch lacks it.
-ONEDNN_REORDER_LINEAR_WEIGHT = (getattr(torch.ops.mkldnn, '_reorder_linear_weight', None)
-                                if ONEDNN_LINEAR_POINTWISE is not None else None)
-# ConvNeXtBlock.inference_weights: per block, (dtype and parameter versions, bfloat16 copies of the parameters).
-INFERENCE_WEIGHTS = weakref.WeakKeyDictionary()
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -107,92 +96,15 @@ class ConvNeXtBlock(nn.Module):
         shortcut = x
         # NCHW -> NHWC for the norm and Linears: a free view, as the backbone keeps its maps channels_last.
         x = self.dwconv(x).permute(0, 2, 3, 1)
-        fast_dtype = onednn_inference_dtype(x)
-        if fast_dtype is not None and not self.training and self.grn is None:
-            return self.pointwise_in_chunks(x, shortcut, fast_dtype)
-        x = self.norm(x)
-        fused = fast_dtype == torch.float32  # V2 blocks in fp32 inference: fused Linear+GELU on the whole map
-        x = onednn_linear_gelu(x, self.pwconv1.weight, self.pwconv1.bias) if fused else self.act(self.pwconv1(x))
+        if cpu_fast_path.applies(self, x):  # CPU inference: the same arithmetic in oneDNN, in cache-sized chunks
+            return cpu_fast_path.pointwise(self, x, shortcut)
+        x = self.act(self.pwconv1(self.norm(x)))
         if self.grn is not None:
             x = self.grn(x)
         x = self.pwconv2(x)
         if self.gamma is not None:
             x = x * self.gamma
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
-
-    def pointwise_in_chunks(self, x, shortcut, dtype):
-        """CPU inference after the depthwise conv: norm, Linear+GELU, Linear, layer scale and residual, computed
-        ``PIXELS_PER_CHUNK`` pixels at a time into one channels_last output of ``dtype`` (float32, or bfloat16
-        under autocast). Each pixel's arithmetic is the plain path's, but a chunk's 4C-wide hidden map stays in
-        the CPU's cache and its buffer is reused, where the whole map's would be a fresh allocation (page faults)
-        of up to 4x the block's input, written to memory and read back: 1.5-1.9x faster for a stage-1 block
-        (docs/benchmarks.md). Both Linears are oneDNN's (GELU fused into the first). Not with GRN, whose norm
-        spans the whole map; no drop path in eval mode."""
-        dim = x.shape[-1]
-        weight1, bias1, weight2, bias2, gamma = self.inference_weights(dtype)
-        rows = x.reshape(-1, dim)  # a view where x is channels_last, as in the backbone
-        out = torch.empty_like(shortcut, dtype=dtype, memory_format=torch.channels_last)
-        out_rows = out.permute(0, 2, 3, 1).view(-1, dim)
-        shortcut_rows = shortcut.permute(0, 2, 3, 1).reshape(-1, dim)
-        for start in range(0, rows.shape[0], PIXELS_PER_CHUNK):
-            chunk = slice(start, start + PIXELS_PER_CHUNK)
-            # PyTorch's LayerNorm kernel computes a bfloat16 input's statistics in float32.
-            hidden = F.layer_norm(rows[chunk].to(dtype), self.norm.normalized_shape, self.norm.weight,
-                                  self.norm.bias, self.norm.eps)
-            hidden = onednn_linear(onednn_linear_gelu(hidden, weight1, bias1), weight2, bias2)
-            residual = shortcut_rows[chunk].to(dtype)
-            if gamma is None:
-                torch.add(residual, hidden, out=out_rows[chunk])
-            else:
-                torch.addcmul(residual, hidden, gamma, out=out_rows[chunk])
-        return out
-
-    def inference_weights(self, dtype):
-        """Both Linears' weights and biases and the layer scale, in ``dtype``, for :meth:`pointwise_in_chunks`:
-        the parameters themselves in float32; in bfloat16, copies cast once, the weights reordered into oneDNN's
-        blocked layout for chunks of ``PIXELS_PER_CHUNK`` rows (8-10% faster bf16 inference, docs/benchmarks.md),
-        and cached until a parameter changes (so a bfloat16 forward casts no weight): keyed on each parameter's
-        storage and version counter, which every in-place write bumps (``load_state_dict``, optimizer steps), the
-        float32 parameters staying the only truth. The cache lives beside the module (``INFERENCE_WEIGHTS``), not
-        in it: copies and pickles of the module do not carry it (oneDNN's blocked tensors cannot be copied)."""
-        params = (self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias, self.gamma)
-        if dtype == torch.float32:
-            return params
-        key = (dtype, ) + tuple((p.data_ptr(), p._version) for p in params if p is not None)
-        cached = INFERENCE_WEIGHTS.get(self)
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                weights = [None if p is None else p.detach().to(dtype) for p in params]
-            if ONEDNN_REORDER_LINEAR_WEIGHT is not None:
-                weights[0], weights[2] = (ONEDNN_REORDER_LINEAR_WEIGHT(weights[i], PIXELS_PER_CHUNK) for i in (0, 2))
-            cached = INFERENCE_WEIGHTS[self] = (key, tuple(weights))
-        return cached[1]
-
-
-def onednn_inference_dtype(x):
-    """The dtype of the oneDNN inference path for ``x``, or None for the plain path: float32 in CPU inference;
-    bfloat16 in CPU inference under ``torch.autocast('cpu', dtype=torch.bfloat16)``. The plain path elsewhere:
-    with gradients (the fused ops have no autograd formula), other autocast dtypes, torch.compile (inductor
-    fuses for itself) and tracing (mmengine's FLOP counter traces the model; the fused ops neither trace nor
-    count)."""
-    if (ONEDNN_LINEAR_POINTWISE is None or x.device.type != 'cpu' or torch.is_grad_enabled()
-            or torch.compiler.is_compiling() or torch.jit.is_tracing()):
-        return None
-    if torch.is_autocast_enabled('cpu'):
-        return torch.bfloat16 if torch.get_autocast_dtype('cpu') == torch.bfloat16 else None
-    return torch.float32 if x.dtype == torch.float32 else None
-
-
-def onednn_linear_gelu(x, weight, bias):
-    """``GELU(x W^T + b)`` with the exact (erf) GELU, computed inside oneDNN's matrix product. This saves two
-    passes over the 4C-wide activation, the largest tensor of a block. No autograd: inference only."""
-    return ONEDNN_LINEAR_POINTWISE(x, weight, bias, 'gelu', [], 'none')
-
-
-def onednn_linear(x, weight, bias):
-    """``x W^T + b`` in oneDNN's matrix product, faster than PyTorch's MKL ``addmm`` on this project's AMD CPU
-    (docs/benchmarks.md). No autograd: inference only."""
-    return ONEDNN_LINEAR_POINTWISE(x, weight, bias, 'none', [], '')
 
 
 class ConvNeXtStage(nn.Sequential):
@@ -327,46 +239,46 @@ def split_init_cfg(init_cfg, pretrained=None):
 
 
 def check_first_consumer(backbone, outs):
-    """Have the first layer that reads ``outs`` (the neck, or a decode head's first conv) check, before it runs, that
-    it expects their channels: a config written for another width otherwise stops in torch's "expected input[2, 96,
-    40, 40] to have 128 channels", naming neither the backbone nor the fix. One global forward pre-hook, removed at
-    that first consumer's call (or once ``outs`` are gone). Returns whether the check was set up (not while tracing,
-    exporting or compiling, where hooks are not run as Python)."""
-    if torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+    """Have the first module called after the backbone (the neck, or a decode head's first conv) check, before it
+    runs, that it expects the channels of ``outs`` where it reads them: a config written for another width
+    otherwise stops in torch's "expected input[2, 96, 40, 40] to have 128 channels", naming neither the backbone nor
+    the fix. One global forward pre-hook, removed at that next module call whatever it is, so it costs nothing
+    after it and never runs inside a compiled graph. Returns whether the check was set up (not while tracing or
+    exporting, where hooks do not run as Python)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return False
-    alive = weakref.ref(outs[0])
+    refs = [weakref.ref(out) for out in outs]  # the maps themselves are not kept alive by the check
+    channels = [out.shape[1] for out in outs]
     handle = None
 
+    def is_output(tensor):
+        return any(tensor is ref() for ref in refs)
+
+    @torch.compiler.disable
     def check(module, args):
-        if alive() is None:
-            handle.remove()
-            return
+        handle.remove()
         if not args:
             return
-        if isinstance(args[0], (tuple, list)) and len(args[0]) and all(
-                any(a is b for b in outs) for a in args[0]):
-            handle.remove()
-            channels = [a.shape[1] for a in args[0]]
+        expected = getattr(module, 'in_channels', None)
+        given = args[0]
+        if isinstance(given, (tuple, list)) and given and all(is_output(a) for a in given):
+            got = [a.shape[1] for a in given]
             if isinstance(getattr(module, 'in_index', None), (list, tuple)):  # mmseg's heads select their inputs
-                channels = [args[0][i].shape[1] for i in module.in_index]
-            expected = getattr(module, 'in_channels', None)
-            if isinstance(expected, (list, tuple)) and list(expected) != channels:
-                raise ValueError(_channel_advice(backbone, f'{type(module).__name__} expects in_channels='
-                                                 f'{list(expected)}', outs))
-        elif any(args[0] is b for b in outs):
-            handle.remove()
-            expected = getattr(module, 'in_channels', None)
-            if isinstance(expected, int) and expected != args[0].shape[1]:
-                raise ValueError(_channel_advice(backbone, f'{type(module).__name__}, the first layer that reads '
-                                                 f'its output {[b is args[0] for b in outs].index(True)}, expects '
-                                                 f'{expected} channels', outs))
+                got = [given[i].shape[1] for i in module.in_index]
+            if isinstance(expected, (list, tuple)) and list(expected) != got:
+                raise ValueError(_channel_advice(
+                    backbone, f'{type(module).__name__} expects in_channels={list(expected)}', channels))
+        elif isinstance(given, torch.Tensor) and is_output(given):
+            if isinstance(expected, int) and expected != given.shape[1]:
+                raise ValueError(_channel_advice(
+                    backbone, f'{type(module).__name__}, the first layer that reads its output, expects {expected} '
+                    f'channels where it gets {given.shape[1]}', channels))
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
     return True
 
 
-def _channel_advice(backbone, problem, outs):
-    channels = [out.shape[1] for out in outs]
+def _channel_advice(backbone, problem, channels):
     return (f'{problem}, but the backbone, {backbone.arch_name()}, outputs {channels} channels at out_indices '
             f'{backbone.out_indices}. Write in_channels={channels} in the config\'s neck (e.g. '
             f'neck=dict(in_channels={channels})) or, without a neck, in decode_head (with in_index) and '
@@ -560,7 +472,7 @@ class ConvNeXt(BaseModule):
                 # Necks, heads and mmcv ops expect plain NCHW; this copy is small next to a stage.
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
         outs = tuple(outs)
-        if not self._consumer_checked:
+        if not (self._consumer_checked or torch.compiler.is_compiling()):
             self._consumer_checked = check_first_consumer(self, outs)
         return outs
 

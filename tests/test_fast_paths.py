@@ -1,8 +1,8 @@
 """Every fast path of the backbone gives the outputs and gradients of the plain formulation.
 
-The fast paths (convnext_mm/backbone.py): channels_last maps throughout, CPU inference of each block's MLP in
+The fast paths: channels_last maps throughout (convnext_mm/backbone.py), CPU inference of each block's MLP in
 chunks of pixels with oneDNN's Linears, GELU fused into the first (float32, and bfloat16 under autocast, with
-cached bfloat16 copies of the weights), and the ``compile`` option. The plain formulation is
+cached bfloat16 copies of the weights; convnext_mm/cpu_fast_path.py), and the ``compile`` option. The plain formulation is
 the paper's, as written in tools/benchmark_backbone.py (``PaperConvNeXt``, which the benchmark times ours
 against), or the same block run on NCHW input or with autograd on. Speed is measured by that benchmark, not here.
 """
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from convnext_mm import ConvNeXt
-from convnext_mm import backbone as backbone_module
+from convnext_mm import cpu_fast_path
 from convnext_mm.backbone import GRN, ConvNeXtBlock
 
 from tiny_models import randomize
@@ -71,18 +71,18 @@ def onednn_calls(monkeypatch):
     knows the fast path ran, and in which dtype); stays empty where torch has no oneDNN (the tests of the fused
     path skip there: ``needs_onednn``)."""
     calls = []
-    for name in ('onednn_linear_gelu', 'onednn_linear'):
-        original = getattr(backbone_module, name)
+    for name in ('linear_gelu', 'linear'):
+        original = getattr(cpu_fast_path, name)
 
         def counting(x, *args, original=original, name=name):
             calls.append((name, x.dtype))
             return original(x, *args)
 
-        monkeypatch.setattr(backbone_module, name, counting)
+        monkeypatch.setattr(cpu_fast_path, name, counting)
     return calls
 
 
-needs_onednn = pytest.mark.skipif(backbone_module.ONEDNN_LINEAR_POINTWISE is None,
+needs_onednn = pytest.mark.skipif(cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None,
                                   reason='this torch has no oneDNN fused Linear (torch.ops.mkldnn._linear_pointwise)')
 
 
@@ -99,7 +99,7 @@ def test_inference_matches_the_paper_formulation(onednn_calls):
     x = torch.randn(2, 3, 70, 97)
     assert_all_close(step(ours, x, train=False), step(paper, x, train=False))
     blocks = sum(TINY_ARCH['depths'])  # every block took both fused ops, in float32
-    assert onednn_calls == [('onednn_linear_gelu', torch.float32), ('onednn_linear', torch.float32)] * blocks
+    assert onednn_calls == [('linear_gelu', torch.float32), ('linear', torch.float32)] * blocks
 
 
 def test_training_step_matches_the_paper_formulation(onednn_calls):
@@ -115,14 +115,14 @@ def test_training_step_matches_the_paper_formulation(onednn_calls):
                          ids=['layer_scale', 'no_layer_scale', 'v2_grn'])
 def test_fused_inference_equals_the_autograd_path(onednn_calls, kwargs, pixels_per_chunk, monkeypatch):
     if pixels_per_chunk is not None:  # 37 does not divide any stage's pixel count: a partial last chunk
-        monkeypatch.setattr(backbone_module, 'PIXELS_PER_CHUNK', pixels_per_chunk)
+        monkeypatch.setattr(cpu_fast_path, 'PIXELS_PER_CHUNK', pixels_per_chunk)
     model = randomize(ConvNeXt(arch=TINY_ARCH, **kwargs)).eval()
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         fused = model(x)
     blocks = sum(TINY_ARCH['depths'])
     if kwargs.get('use_grn'):  # GRN's norm spans the map: V2 blocks take no chunks, only the fused Linear+GELU
-        assert onednn_calls == [('onednn_linear_gelu', torch.float32)] * blocks
+        assert onednn_calls == [('linear_gelu', torch.float32)] * blocks
     elif pixels_per_chunk is None:
         assert len(onednn_calls) == 2 * blocks
     else:  # stage 1 alone has 2 x 16 x 20 = 640 pixels: 18 chunks per block
@@ -148,13 +148,13 @@ def largest_relative_difference(tensors, references):
 def test_bf16_autocast_inference_takes_the_bf16_fused_path_close_to_fp32(onednn_calls, pixels_per_chunk,
                                                                          monkeypatch):
     if pixels_per_chunk is not None:
-        monkeypatch.setattr(backbone_module, 'PIXELS_PER_CHUNK', pixels_per_chunk)
+        monkeypatch.setattr(cpu_fast_path, 'PIXELS_PER_CHUNK', pixels_per_chunk)
     ours, paper = paper_pair()
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))  # whatever ran before
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         outs = ours.eval()(x)
-    assert onednn_calls and set(onednn_calls) == {('onednn_linear_gelu', torch.bfloat16),
-                                                  ('onednn_linear', torch.bfloat16)}
+    assert onednn_calls and set(onednn_calls) == {('linear_gelu', torch.bfloat16),
+                                                  ('linear', torch.bfloat16)}
     assert all(o.dtype == torch.bfloat16 for o in outs)
     fp32 = step(paper, x, train=False)
     assert largest_relative_difference(outs, fp32) < BF16_RTOL
@@ -201,7 +201,7 @@ def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(one
         assert largest_relative_difference(bf16, plain) < BF16_RTOL, change
     with torch.no_grad():  # the step did change the outputs: the comparison above saw new weights
         assert largest_relative_difference(list(other.eval()(x)), plain) > 1e-2
-    assert ('onednn_linear', torch.bfloat16) in onednn_calls
+    assert ('linear', torch.bfloat16) in onednn_calls
 
 
 @pytest.mark.parametrize('train', [False, True], ids=['inference', 'training'])
