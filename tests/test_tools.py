@@ -188,7 +188,10 @@ def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
     predictions = tmp_path / 'predictions.pkl'
     metrics = load_tool('test').main([str(config), str(checkpoint), '--work-dir', str(work_dir), '--out',
                                       str(predictions), '--show-dir', 'painted', '--cfg-options',
-                                      f'data_root={tiny_coco}'])
+                                      f'data_root={tiny_coco}',
+                                      # mmengine keeps one visualizer per name per process: not a segmentor's
+                                      # left by an earlier test
+                                      'visualizer.name=detection_test_visualizer'])
     assert 0 <= metrics['coco/bbox_mAP'] <= 1 and 0 <= metrics['coco/segm_mAP'] <= 1
     with open(predictions, 'rb') as f:
         assert len(pickle.load(f)) == 4
