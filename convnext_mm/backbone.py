@@ -5,7 +5,6 @@ Data path: image -> stem (``downsample_layers.0``: 4x4 stride-4 conv, LayerNorm)
 LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
 The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
 """
-import logging
 import warnings
 import weakref
 
@@ -14,12 +13,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from mmcv.cnn.bricks import DropPath
-from mmengine.logging import MMLogger, print_log
+from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit
 
-from .checkpoint import (CheckpointError, arch_of_state_dict, compare_with_model, load_pretrained,
-                         to_backbone_names)
+from .checkpoint import CheckpointError, StrictLoading, arch_of_state_dict, load_pretrained, to_backbone_names
 from . import cpu_fast_path
 from .registry import register_in_hosts
 
@@ -140,11 +138,6 @@ def arch_preset(depths, dims):
         if settings == dict(depths=list(depths), dims=list(dims)):
             return name
     return None
-
-
-def _listing(keys, shown=4):
-    keys = sorted(keys)
-    return ', '.join(keys[:shown]) + (f' ... and {len(keys) - shown} more' if len(keys) > shown else '')
 
 
 def resolve_arch(arch):
@@ -286,7 +279,7 @@ def _channel_advice(backbone, problem, channels):
 
 
 @register_in_hosts('MODELS')
-class ConvNeXt(BaseModule):
+class ConvNeXt(StrictLoading, BaseModule):
     """ConvNeXt backbone emitting one LayerNorm-ed feature map per index in ``out_indices``.
 
     The module tree and parameter names are the official release's: ``downsample_layers.0`` (the stem) and
@@ -382,50 +375,12 @@ class ConvNeXt(BaseModule):
             load_pretrained(self, self.pretrained_cfg['checkpoint'], prefix=self.pretrained_cfg.get('prefix'),
                             logger=MMLogger.get_current_instance())
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Every loader (mmengine's load_checkpoint, load_from and resume, torch's load_state_dict, init_detector,
-        # the Inferencers) comes through here with the backbone's tensors under ``prefix``: they get the official
-        # names from any public layout, and must fill the whole backbone, or the load stops. mmengine's own loaders
-        # would otherwise skip every key that does not match, leaving the backbone random with only a warning.
-        keys = [key for key in state_dict if key.startswith(prefix)]
-        if keys:
-            given = {key[len(prefix):]: state_dict.pop(key) for key in keys}
-            state_dict.update({prefix + key: value for key, value in self.fit_weights(given, prefix).items()})
-        else:
-            print_log(f'ConvNeXt: the weights being loaded hold no tensor under {prefix!r}: the backbone '
-                      f'({self.arch_name()}) keeps the weights it has (its initialization, or init_cfg\'s file)',
-                      logger='current', level=logging.WARNING)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    # Loading (StrictLoading): every public layout's names become the official ones, all or nothing.
+    own_names = staticmethod(to_backbone_names)
 
-    def fit_weights(self, given, prefix=''):
-        """The backbone tensors ``given`` (any public layout, keys without ``prefix``) under this model's names;
-        :class:`CheckpointError` unless they fill every tensor of the model with its shape and hold none it lacks
-        (the image classifier and whole output norms aside)."""
-        converted, classifier = to_backbone_names(given)
-        expected = self.state_dict()
-        missing, unexpected, reshaped, unused_norms = compare_with_model(expected, converted)
-        where = f'the weights under {prefix!r}' if prefix else 'the weights'
-        if missing or unexpected or reshaped:
-            raise CheckpointError(f'{where} do not fit this ConvNeXt backbone: '
-                                  + self._describe_misfit(converted, missing, unexpected, reshaped))
-        renamed = len([key for key in given if key not in converted and key not in classifier])
-        absent_norms = sorted({key.split('.')[0] for key in expected if key not in converted})
-        notes = [f'{renamed} renamed from another layout' if renamed else '',
-                 f'left out the classifier ({len(classifier)} tensors)' if classifier else '',
-                 f'left out {", ".join(sorted({k.split(".")[0] for k in unused_norms}))}, which this backbone does '
-                 'not output' if unused_norms else '',
-                 f'{", ".join(absent_norms)} not in the weights: kept at their init' if absent_norms else '']
-        if any(notes):
-            print_log(f'ConvNeXt: loaded {len(converted) - len(unused_norms)} tensors from {where}: '
-                      + '; '.join(note for note in notes if note), logger='current', level=logging.INFO)
-        return {key: value for key, value in converted.items() if key in expected}
-
-    def _describe_misfit(self, converted, missing, unexpected, reshaped):
+    def describe_misfit(self, converted, missing, unexpected, reshaped):
         """What the weights hold against what the config builds, and what to write."""
-        problems = '; '.join(f'{label}: {_listing(keys)}' for label, keys in (
-            ('shape mismatch', [f'{k} {tuple(converted[k].shape)} in the weights vs '
-                                f'{tuple(self.state_dict()[k].shape)} here' for k in reshaped]),
-            ('missing from the weights', missing), ('not in this backbone', unexpected)) if keys)
+        problems = self.misfit_problems(converted, missing, unexpected, reshaped)
         try:
             found = arch_of_state_dict(converted)
         except CheckpointError as error:

@@ -11,6 +11,7 @@ Supported, detected from the file itself:
   those of versions before 0.2, whose names were timm's (``stem``, ``stages.S.downsample``, ``stages.S.blocks.B``).
 """
 import argparse
+import logging
 import math
 import os
 import pickle
@@ -21,6 +22,7 @@ import zipfile
 
 import numpy as np
 import torch
+from mmengine.logging import print_log
 from mmengine.runner.checkpoint import CheckpointLoader
 
 # What a checkpoint may hold beyond tensors, for torch's safe (weights_only) unpickler: numpy arrays and
@@ -63,8 +65,8 @@ KEY_RENAMES = [
 WRAPPER_PREFIX = re.compile(r'^(module|convnext|convnextv2)\.')
 # The image classifier of a classification checkpoint: official final norm and head, timm's head, transformers'.
 CLASSIFIER_KEY = re.compile(r'^(norm|head|norm_pre|classifier)\.')
-OUTPUT_NORM_KEY = re.compile(r'^norm\d\.')
-BACKBONE_KEY = re.compile(r'^(downsample_layers|stages|norm\d)\.')
+OUTPUT_NORM_KEY = re.compile(r'^norm\d+\.')  # one per output: norm0..3, or a block's index (isotropic)
+BACKBONE_KEY = re.compile(r'^(downsample_layers|stages|norm\d+)\.')
 # ConvNeXt V2's FCMAE pre-training files: the encoder in MinkowskiEngine's sparse layout.
 FCMAE_KEY = re.compile(r'^encoder\..*\.(kernel|ln\.weight|linear\.weight)$')
 MAX_KEYS_SHOWN = 6
@@ -231,7 +233,7 @@ CheckpointLoader.register_scheme(prefixes=[r'(?!\w+://).*\.safetensors$', HF_HUB
                                  loader=load_from_safetensors, force=True)
 
 
-def _unwrap(checkpoint):
+def unwrap_state_dict(checkpoint):
     """The tensor dict inside a checkpoint: under 'state_dict' (mmengine, mmpretrain), 'model' (official)."""
     for key in ('state_dict', 'model', 'module'):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
@@ -276,15 +278,15 @@ def select_prefix(state_dict, prefix):
     return selected
 
 
-def convert_state_dict(checkpoint, prefix=None):
-    """The backbone of any supported checkpoint, under convnext_mm's (the official) parameter names.
+def select_backbone(checkpoint, prefix=None):
+    """The backbone's part of any supported checkpoint, its keys as the backbone names them in its own layout.
 
     ``prefix``: take only the tensors under it, as mmengine's ``Pretrained(prefix=...)``; without it, a whole
-    model's checkpoint (keys under ``backbone.``) gives its backbone. Returns ``(state_dict, ignored)``: the
-    backbone's tensors under our names, and the keys that belong to no backbone (the classifier, or a detector's
-    neck and heads), as named in the file.
+    model's checkpoint (keys under ``backbone.``) gives its backbone, a ConvNeXt V2 FCMAE file its encoder (made
+    dense), a transformers classification file its ``convnext.`` model. Returns ``(state_dict, ignored)``: the
+    backbone's tensors, and the keys that belong to no backbone (a detector's neck and heads), as named in the file.
     """
-    state_dict = _unwrap(checkpoint)
+    state_dict = unwrap_state_dict(checkpoint)
     if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
         raise CheckpointError('not a state dict: expected a mapping of parameter names to tensors, '
                               "possibly under 'state_dict' or 'model'")
@@ -300,6 +302,14 @@ def convert_state_dict(checkpoint, prefix=None):
     if any(k.startswith('backbone.') for k in state_dict):
         ignored += [k for k in state_dict if not k.startswith('backbone.')]
         state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    return state_dict, ignored
+
+
+def convert_state_dict(checkpoint, prefix=None):
+    """The ConvNeXt backbone of any supported checkpoint under convnext_mm's (the official) parameter names:
+    :func:`select_backbone`, then :func:`to_backbone_names`. Returns ``(state_dict, ignored)``; ``ignored`` also
+    holds the image classifier's keys."""
+    state_dict, ignored = select_backbone(checkpoint, prefix)
     converted, classifier = to_backbone_names(state_dict)
     return converted, ignored + classifier
 
@@ -336,30 +346,82 @@ def compare_with_model(expected, given):
     return missing, unexpected, reshaped, unused_norms
 
 
-def _listing(keys):
+class StrictLoading:
+    """For a backbone module: whatever loads it (mmengine's load_checkpoint, load_from and resume, torch's
+    load_state_dict, init_detector, init_model, the Inferencers, the host libraries' own tools) goes through
+    ``_load_from_state_dict`` with the backbone's tensors under its prefix. They get the module's names from any
+    public layout (:meth:`own_names`) and must fill every tensor of the module with its shape and hold none it
+    lacks (the image classifier, and output norms absent as a whole, aside), or the load stops with
+    :class:`CheckpointError` (:meth:`describe_misfit` says what the weights are and what to write). mmengine's own
+    loaders would otherwise skip every key that does not match, leaving the backbone random with a warning.
+
+    A subclass gives ``own_names(given) -> (converted, classifier_keys)``, ``describe_misfit(converted, missing,
+    unexpected, reshaped) -> str`` and ``arch_name() -> str``."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        keys = [key for key in state_dict if key.startswith(prefix)]
+        if keys:
+            given = {key[len(prefix):]: state_dict.pop(key) for key in keys}
+            state_dict.update({prefix + key: value for key, value in self.fit_weights(given, prefix).items()})
+        else:
+            print_log(f'{type(self).__name__}: the weights being loaded hold no tensor under {prefix!r}: the '
+                      f'backbone ({self.arch_name()}) keeps the weights it has (its initialization, or init_cfg\'s '
+                      'file)', logger='current', level=logging.WARNING)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fit_weights(self, given, prefix=''):
+        """The backbone tensors ``given`` (any public layout, keys without ``prefix``) under this module's names,
+        checked as the class doc says; logs what was renamed, left out or kept at its init."""
+        converted, classifier = self.own_names(given)
+        expected = self.state_dict()
+        where = f'the weights under {prefix!r}' if prefix else 'the weights'
+        if not any(key in expected for key in converted):
+            raise CheckpointError(f'{where} hold no tensor of a {type(self).__name__} backbone ({self.arch_name()}; '
+                                  f'they have {_listing(given)})')
+        missing, unexpected, reshaped, unused_norms = compare_with_model(expected, converted)
+        if missing or unexpected or reshaped:
+            raise CheckpointError(f'{where} do not fit this {type(self).__name__} backbone: '
+                                  + self.describe_misfit(converted, missing, unexpected, reshaped))
+        renamed = len([key for key in given if key not in converted and key not in classifier])
+        absent_norms = sorted({key.split('.')[0] for key in expected if key not in converted},
+                              key=lambda name: int(name[len('norm'):]))
+        notes = [f'{renamed} renamed from another layout' if renamed else '',
+                 f'left out the classifier ({len(classifier)} tensors)' if classifier else '',
+                 f'left out {", ".join(sorted({k.split(".")[0] for k in unused_norms}))}, which this backbone does '
+                 'not output' if unused_norms else '',
+                 f'{", ".join(absent_norms)} not in the weights: kept at their init' if absent_norms else '']
+        if any(notes):
+            print_log(f'{type(self).__name__}: loaded {len(converted) - len(unused_norms)} tensors from {where}: '
+                      + '; '.join(note for note in notes if note), logger='current', level=logging.INFO)
+        return {key: value for key, value in converted.items() if key in expected}
+
+    def misfit_problems(self, converted, missing, unexpected, reshaped):
+        """The keys that differ, for :meth:`describe_misfit`'s messages."""
+        expected = self.state_dict()
+        return '; '.join(f'{label}: {_listing(keys)}' for label, keys in (
+            ('shape mismatch', [f'{k} {tuple(converted[k].shape)} in the weights vs {tuple(expected[k].shape)} here'
+                                for k in reshaped]),
+            ('missing from the weights', missing), ('not in this backbone', unexpected)) if keys)
+
+
+def _listing(keys, shown=MAX_KEYS_SHOWN):
     keys = sorted(keys)
-    more = f' ... and {len(keys) - MAX_KEYS_SHOWN} more' if len(keys) > MAX_KEYS_SHOWN else ''
-    return ', '.join(keys[:MAX_KEYS_SHOWN]) + more
+    more = f' ... and {len(keys) - shown} more' if len(keys) > shown else ''
+    return ', '.join(keys[:shown]) + more
 
 
 def load_pretrained(model, path_or_url, prefix=None, logger=None):
-    """Load the backbone of a checkpoint of any supported layout into ``model`` (a ConvNeXt): what
-    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does. The model's own loading checks every key and shape
-    (``ConvNeXt._load_from_state_dict``): only whole output norms may be absent, the classifier is left out, and
-    anything else missing, unexpected or of another shape raises :class:`CheckpointError`. ``prefix``: see
-    :func:`convert_state_dict`. Returns the tensors loaded."""
+    """Load the backbone of a checkpoint of any supported layout into ``model`` (a :class:`StrictLoading` backbone):
+    what ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does. The model's own loading renames and checks every
+    key and shape. ``prefix``: see :func:`select_backbone`."""
     name = str(path_or_url)
     try:
-        converted, ignored = convert_state_dict(read_checkpoint(path_or_url), prefix=prefix)
-        if not any(BACKBONE_KEY.match(k) for k in converted):
-            raise CheckpointError(f'{name} is not a ConvNeXt checkpoint: none of its keys is a ConvNeXt backbone '
-                                  f'parameter (it has {_listing(converted)})')
-        model.load_state_dict(converted, strict=False)
+        given, ignored = select_backbone(read_checkpoint(path_or_url), prefix=prefix)
+        model.load_state_dict(given, strict=False)
     except CheckpointError as error:
         if name in str(error):
             raise
         raise CheckpointError(f'{name}: {error}') from error
     if logger is not None:
-        logger.info(f'ConvNeXt: loaded the backbone of {name}'
+        logger.info(f'{type(model).__name__}: loaded the backbone of {name}'
                     + (f'; left out {len(ignored)} tensors of no backbone: {_listing(ignored)}' if ignored else ''))
-    return converted

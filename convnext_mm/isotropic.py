@@ -26,10 +26,8 @@ ISOTROPIC_ARCH_SETTINGS = {
     'large': dict(depth=36, dim=1024),
 }
 PATCH_SIZE = 16
-# Official checkpoint keys: the backbone's, and the classifier's (pooled-feature norm and head), which is left out.
-ISO_BACKBONE_KEY = re.compile(r'^(stem|blocks\.\d+)\.')
+# The classifier's keys in official files (pooled-feature norm and head), left out.
 ISO_CLASSIFIER_KEY = re.compile(r'^(norm|head)\.')
-ISO_OUTPUT_NORM_KEY = re.compile(r'^norm\d+\.')
 
 
 def resolve_isotropic_arch(arch):
@@ -67,7 +65,7 @@ def resolve_block_indices(out_indices, depth):
 
 
 @register_in_hosts('MODELS')
-class ConvNeXtIsotropic(BaseModule):
+class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
     """Isotropic ConvNeXt backbone: a stride-16 patchify stem and one stack of ConvNeXt blocks at a single width,
     emitting one LayerNorm-ed stride-16 map per block index in ``out_indices``.
 
@@ -86,7 +84,7 @@ class ConvNeXtIsotropic(BaseModule):
         with_cp: non-reentrant gradient checkpointing of each block, to save memory in training.
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])`` loads
             an official isotropic file (or one saved by convnext_mm), checking every key and shape
-            (:func:`load_isotropic_pretrained`); the classifier (``norm``, ``head``) is left out.
+            (its own loading, as ConvNeXt's); the classifier (``norm``, ``head``) is left out.
         pretrained: the deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
     """
 
@@ -131,12 +129,45 @@ class ConvNeXtIsotropic(BaseModule):
         self._freeze_blocks()
 
     def init_weights(self):
-        # As ConvNeXt: the other initializers, then the file through the loader that checks every key.
+        # As ConvNeXt: the other initializers, then the file, checked by the model's own loading.
         super().init_weights()
         if self.pretrained_cfg is not None:
-            load_isotropic_pretrained(self, self.pretrained_cfg['checkpoint'],
-                                      prefix=self.pretrained_cfg.get('prefix'),
-                                      logger=MMLogger.get_current_instance())
+            ckpt.load_pretrained(self, self.pretrained_cfg['checkpoint'], prefix=self.pretrained_cfg.get('prefix'),
+                                 logger=MMLogger.get_current_instance())
+
+    # Loading (StrictLoading): the official names are this module's; only the classifier is left out.
+    @staticmethod
+    def own_names(given):
+        classifier = [key for key in given if ISO_CLASSIFIER_KEY.match(key)]
+        return {k: v for k, v in given.items() if k not in classifier}, classifier
+
+    def describe_misfit(self, converted, missing, unexpected, reshaped):
+        """What the weights hold against what the config builds, and what to write."""
+        problems = self.misfit_problems(converted, missing, unexpected, reshaped)
+        if any(k.startswith(('downsample_layers.', 'stages.')) for k in converted):
+            return f"they are a hierarchical ConvNeXt's (write type='ConvNeXt'). {problems}"
+        depth = len({m.group(1) for k in converted for m in [re.match(r'blocks\.(\d+)\.', k)] if m})
+        stem = converted.get('stem.weight')
+        dim = stem.shape[0] if stem is not None else None
+        file_gamma = any(k.endswith('.gamma') for k in converted)
+        model_gamma = self.blocks[0].gamma is not None
+        preset = next((name for name, s in ISOTROPIC_ARCH_SETTINGS.items() if s == dict(depth=depth, dim=dim)), None)
+        write = []
+        if (depth, dim) != (self.depth, self.dim):
+            write.append(f"arch='{preset}'" if preset else f'arch=dict(depth={depth}, dim={dim})')
+        if file_gamma != model_gamma:
+            write.append(f'layer_scale_init_value={1e-6 if file_gamma else 0}')
+        advice = (f"Write {', '.join(write)} in the config's model.backbone" if write else
+                  'Give weights of the backbone the config builds')
+        return (f'they are an isotropic ConvNeXt of {depth} blocks x {dim}, {"with" if file_gamma else "without"} '
+                f'layer scale; the config builds {self.arch_name()}. {advice}. {problems}')
+
+    def arch_name(self):
+        preset = next((name for name, s in ISOTROPIC_ARCH_SETTINGS.items()
+                       if s == dict(depth=self.depth, dim=self.dim)), None)
+        gamma = 'with' if self.blocks[0].gamma is not None else 'without'
+        return (f'ConvNeXt-{preset} (iso.)' if preset else f'an isotropic ConvNeXt of {self.depth} blocks x '
+                f'{self.dim}') + f', {gamma} layer scale'
 
     def forward(self, x):
         self._check_input(x)
@@ -182,98 +213,3 @@ class ConvNeXtIsotropic(BaseModule):
         if min(x.shape[2:]) < PATCH_SIZE:
             raise ValueError(f'ConvNeXtIsotropic needs an input of at least {PATCH_SIZE}x{PATCH_SIZE} pixels (its '
                              f'patch size and stride), got {x.shape[2]}x{x.shape[3]}; resize or pad the image')
-
-
-def isotropic_state_dict(checkpoint, prefix=None):
-    """``(state_dict, ignored)`` of the isotropic backbone in a checkpoint: the official release's
-    ``{'model': {stem, blocks, norm, head}}``, a bare backbone saved by convnext_mm, or a whole detector /
-    segmentor (keys under ``backbone.``). ``prefix`` takes only the tensors under it, as mmengine's
-    ``Pretrained(prefix=...)``. ``ignored``: the classifier's and, in a whole model, the neck's and heads' keys."""
-    state_dict = checkpoint
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
-            state_dict = state_dict[key]
-            break
-    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
-        raise ckpt.CheckpointError('not a state dict: expected a mapping of parameter names to tensors, '
-                                   "possibly under 'state_dict' or 'model'")
-    state_dict = {re.sub(r'^module\.', '', k): v for k, v in state_dict.items()}  # DDP wrapping
-    if prefix:
-        state_dict = ckpt.select_prefix(state_dict, prefix)
-    ignored = []
-    if any(k.startswith('backbone.') for k in state_dict):
-        ignored = [k for k in state_dict if not k.startswith('backbone.')]
-        state_dict = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
-    ignored += [k for k in state_dict if ISO_CLASSIFIER_KEY.match(k)]
-    return {k: v for k, v in state_dict.items() if not ISO_CLASSIFIER_KEY.match(k)}, ignored
-
-
-def describe_isotropic(state_dict):
-    """'depth=.., dim=.., layer scale ..' of an isotropic state dict, to say which model a file belongs to."""
-    depth = len({m.group(1) for k in state_dict for m in [re.match(r'blocks\.(\d+)\.', k)] if m})
-    weight = state_dict.get('stem.weight')
-    dim = weight.shape[0] if weight is not None else '?'
-    has_gamma = any(k.endswith('.gamma') for k in state_dict)
-    return f'depth={depth}, dim={dim}, {"with" if has_gamma else "without"} layer scale (gamma)'
-
-
-def _listing(keys):
-    keys = sorted(keys)
-    shown = ckpt.MAX_KEYS_SHOWN
-    return ', '.join(keys[:shown]) + (f' ... and {len(keys) - shown} more' if len(keys) > shown else '')
-
-
-def load_isotropic_pretrained(model, path_or_url, prefix=None, logger=None):
-    """Load an isotropic ConvNeXt checkpoint into ``model``, checking every key and shape.
-
-    The stem and every block must be in the file with the model's shapes; the classifier is left out; output norms
-    (``norm{i}``) may be absent as a whole (an official file has none). Anything else raises
-    :class:`convnext_mm.checkpoint.CheckpointError` naming the file's model and what to change."""
-    name = str(path_or_url)
-    try:
-        converted, ignored = isotropic_state_dict(ckpt.read_checkpoint(path_or_url), prefix=prefix)
-    except ckpt.CheckpointError as error:
-        if name in str(error):
-            raise
-        raise ckpt.CheckpointError(f'{name}: {error}') from error
-    if not any(ISO_BACKBONE_KEY.match(k) for k in converted):
-        hint = (' It looks like a hierarchical ConvNeXt (type=\'ConvNeXt\') checkpoint.'
-                if any(k.startswith(('downsample_layers.', 'stages.')) for k in converted) else '')
-        raise ckpt.CheckpointError(f'{name} is not an isotropic ConvNeXt checkpoint: none of its keys is a stem or '
-                                   f'blocks parameter (it has {_listing(converted)}).{hint}')
-    expected = model.state_dict()
-    # The backbone's all-or-nothing rule (checkpoint.compare_with_model). Its output-norm pattern is ConvNeXt's
-    # norm0..norm3, so this model's norm{i} (up to norm35) take the same rule here: absent as a whole is no error.
-    is_norm = ISO_OUTPUT_NORM_KEY.match
-    missing, unexpected, reshaped, _ = ckpt.compare_with_model(
-        {k: v for k, v in expected.items() if not is_norm(k)}, {k: v for k, v in converted.items() if not is_norm(k)})
-    norms_in_file = {k.split('.')[0] for k in converted if is_norm(k)}
-    unused_norms = [k for k in converted if is_norm(k) and k not in expected]
-    missing += [k for k in expected if is_norm(k) and k not in converted and k.split('.')[0] in norms_in_file]
-    reshaped += [k for k in converted if is_norm(k) and k in expected and converted[k].shape != expected[k].shape]
-    mismatched = [f'{k} {tuple(converted[k].shape)} in file vs {tuple(expected[k].shape)} in model' for k in reshaped]
-    if unexpected or missing or mismatched:
-        problems = [f'{label}: {_listing(keys)}' for label, keys in (
-            ('shape mismatch', mismatched), ('missing from the file', missing), ('not in the model', unexpected))
-            if keys]
-        model_gamma = any(k.endswith('.gamma') for k in expected)
-        file_gamma = any(k.endswith('.gamma') for k in converted)
-        advice = ''
-        if model_gamma != file_gamma:
-            advice = (' The file has layer scale: set layer_scale_init_value=1e-6 (the official L).' if file_gamma
-                      else ' The file has no layer scale: set layer_scale_init_value=0 (the official S and B).')
-        raise ckpt.CheckpointError(
-            f'{name} does not fit this ConvNeXtIsotropic (depth={model.depth}, dim={model.dim}, '
-            f'{"with" if model_gamma else "without"} layer scale): the file holds isotropic ConvNeXt '
-            f'{describe_isotropic(converted)}. Pick the arch of the file (small: 18 x 384, base: 18 x 768, '
-            f'large: 36 x 1024), or the file of the arch.{advice} ' + '; '.join(problems))
-    loadable = {k: v for k, v in converted.items() if k in expected}
-    model.load_state_dict(loadable, strict=False)
-    if logger is not None:
-        absent = sorted({k.split('.')[0] for k in expected if k not in converted})
-        logger.info(
-            f'ConvNeXtIsotropic: loaded {len(loadable)} tensors from {name}'
-            + (f'; expectedly absent: {", ".join(absent)} (output norms, kept at their init)' if absent else '')
-            + (f'; ignored {len(ignored) + len(unused_norms)} tensors not part of this backbone: '
-               f'{_listing(ignored + unused_norms)}' if ignored or unused_norms else ''))
-    return loadable

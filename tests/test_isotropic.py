@@ -166,25 +166,25 @@ def save_reference(tmp_path, name, depth, dim, layer_scale=0.):
 def test_a_file_of_another_size_or_layer_scale_is_refused_with_what_to_change(tmp_path):
     small = save_reference(tmp_path, 'small.pth', 4, 32)
     model = ConvNeXtIsotropic(arch=dict(depth=4, dim=48), init_cfg=dict(type='Pretrained', checkpoint=small))
-    with pytest.raises(CheckpointError, match=r'does not fit .*depth=4, dim=48.*file holds isotropic ConvNeXt '
-                                              r'depth=4, dim=32.*Pick the arch.*shape mismatch: blocks\.0'):
+    with pytest.raises(CheckpointError, match=r'do not fit .*they are an isotropic ConvNeXt of 4 blocks x 32.*the config builds an isotropic '
+                                              r'ConvNeXt of 4 blocks x 48.*Write arch=dict\(depth=4, dim=32\).*shape mismatch: blocks\.0'):
         model.init_weights()
     deeper = ConvNeXtIsotropic(arch=dict(depth=5, dim=32), init_cfg=dict(type='Pretrained', checkpoint=small))
-    with pytest.raises(CheckpointError, match=r'missing from the file: blocks\.4\.'):
+    with pytest.raises(CheckpointError, match=r'Write arch=dict\(depth=4, dim=32\).*missing from the weights: blocks\.4\.'):
         deeper.init_weights()
     with_gamma = save_reference(tmp_path, 'gamma.pth', 4, 32, layer_scale=1e-6)
     model = ConvNeXtIsotropic(arch=dict(depth=4, dim=32), init_cfg=dict(type='Pretrained', checkpoint=with_gamma))
-    with pytest.raises(CheckpointError, match=r'set layer_scale_init_value=1e-6.*not in the model: blocks\.0\.gamma'):
+    with pytest.raises(CheckpointError, match=r'Write layer_scale_init_value=1e-06.*not in this backbone: blocks\.0\.gamma'):
         model.init_weights()
     model = ConvNeXtIsotropic(arch=dict(depth=4, dim=32), layer_scale_init_value=1e-6,
                               init_cfg=dict(type='Pretrained', checkpoint=small))
-    with pytest.raises(CheckpointError, match=r'set layer_scale_init_value=0 .*missing from the file: blocks\.0\.gamma'):
+    with pytest.raises(CheckpointError, match=r'Write layer_scale_init_value=0 .*missing from the weights: blocks\.0\.gamma'):
         model.init_weights()
     # A hierarchical ConvNeXt's file is named as such.
     torch.save({'model': {'downsample_layers.0.0.weight': torch.zeros(96, 3, 4, 4)}}, tmp_path / 'convnext.pth')
     model = ConvNeXtIsotropic(arch=dict(depth=4, dim=32),
                               init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'convnext.pth')))
-    with pytest.raises(CheckpointError, match=r"not an isotropic ConvNeXt checkpoint.*hierarchical ConvNeXt \(type='ConvNeXt'\)"):
+    with pytest.raises(CheckpointError, match=r"hold no tensor of a ConvNeXtIsotropic backbone"):
         model.init_weights()
     with pytest.raises(CheckpointError, match='not found'):
         ConvNeXtIsotropic(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'absent.pth'))).init_weights()
@@ -205,7 +205,7 @@ def test_a_whole_detector_checkpoint_gives_its_backbone_and_output_norms(tmp_pat
     torch.save({'state_dict': whole}, tmp_path / 'half_norm.pth')
     model = ConvNeXtIsotropic(arch=dict(depth=3, dim=32), out_indices=(2, ),
                               init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'half_norm.pth')))
-    with pytest.raises(CheckpointError, match=r'missing from the file: norm2\.bias'):
+    with pytest.raises(CheckpointError, match=r'missing from the weights: norm2\.bias'):
         model.init_weights()
 
 
@@ -441,3 +441,13 @@ def test_config_trains_a_step_on_the_cpu_with_gradients_reaching_the_stem(name, 
     assert losses and all(math.isfinite(float(value)) for value in losses.values()), losses
     assert gradients and gradients[0] > 0
     assert not torch.equal(before, model.backbone.stem.weight)
+
+
+def test_mmengine_load_checkpoint_of_another_depth_stops(tmp_path):
+    """The model's own loading checks what any loader gives it (here mmengine's, as load_from and init_detector)."""
+    from mmengine.runner import load_checkpoint
+    path = str(tmp_path / 'deeper.pth')
+    torch.save({'state_dict': reference_model(5, 32, 0.).state_dict()}, path)
+    model = ConvNeXtIsotropic(arch=dict(depth=4, dim=32))
+    with pytest.raises(CheckpointError, match=r'isotropic ConvNeXt of 5 blocks x 32.*not in this backbone: blocks\.4\.'):
+        load_checkpoint(model, path, map_location='cpu')
