@@ -16,6 +16,7 @@ mmengine's ``custom_keys``, ``norm_decay_mult`` or ``bias_decay_mult`` says othe
 """
 import numbers
 
+from mmengine.device import is_cuda_available, is_mlu_available, is_musa_available, is_npu_available
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm, _InstanceNorm
@@ -35,6 +36,11 @@ NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
 # Constructors that read decay_rate / decay_type / num_layers: ours, and mmdet's and mmseg's own.
 DECAY_CONSTRUCTORS = ('ConvNeXtLayerDecayOptimizerConstructor', 'LearningRateDecayOptimizerConstructor')
 DECAY_KEYS = ('decay_rate', 'decay_type', 'num_layers')
+
+
+def amp_device_available():
+    """Whether mmengine's AmpOptimWrapper can build here (its own condition)."""
+    return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
 
 
 def check_decay_constructor(optim_wrapper_cfg):
@@ -132,6 +138,11 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """
 
     def _validate_cfg(self):
+        if self.optim_wrapper_cfg.get('type') == 'AmpOptimWrapper' and not amp_device_available():
+            # mmengine's AmpOptimWrapper would stop later with a bare assertion; say what to write.
+            raise ValueError("optim_wrapper.type='AmpOptimWrapper' (the paper's fp16 AMP) needs a GPU, and this "
+                             'machine has none: train in fp32 with --cfg-options optim_wrapper.type=OptimWrapper '
+                             "(this project's tools/train.py does so by itself on a CPU)")
         cfg = self.paramwise_cfg
         if not isinstance(cfg, dict):
             raise TypeError(f'ConvNeXtLayerDecayOptimizerConstructor: paramwise_cfg must be a dict, got {cfg!r}')

@@ -13,11 +13,12 @@ from torch import nn
 import mmdet.registry
 import mmseg.registry
 from convnext_mm import ConvNeXt, ConvNeXtLayerDecayOptimizerConstructor
+from layer_decay_tables import (CONVNEXT_S_LAYER_WISE_IDS, CONVNEXT_S_LAYER_WISE_SCALES_07, CONVNEXT_T_LAYER_WISE_IDS,
+                                CONVNEXT_T_LAYER_WISE_SCALES, STAGE_WISE_SCALES_09, stage_wise_ids)
+from tiny_models import SMALLEST_LAYER_WISE_ARCH
 
 BASE_LR = 1e-4
 WEIGHT_DECAY = 0.05
-# Small enough for forward passes on CPU; stage 2 has 4 blocks (ids 3, 3, 3, 4), so layer_wise needs N >= 5.
-TINY_TEST_ARCH = dict(depths=[1, 2, 4, 1], dims=[8, 16, 32, 64])
 
 
 class Model(nn.Module):
@@ -73,107 +74,29 @@ def assert_table(model, optim_wrapper, ids_by_prefix, scale_by_id):
     assert used == set(ids_by_prefix)  # no row of the table is vacuous
 
 
-# The official ConvNeXt rules, written out: name prefix -> layer id.
-TINY_LAYER_WISE_IDS = {
-    'backbone.downsample_layers.0.': 0,
-    'backbone.stages.0.': 1,
-    'backbone.downsample_layers.1.': 2,
-    'backbone.stages.1.': 2,
-    'backbone.downsample_layers.2.': 3,
-    'backbone.stages.2.0.': 3,
-    'backbone.stages.2.1.': 3,
-    'backbone.stages.2.2.': 3,
-    'backbone.stages.2.3.': 4,
-    'backbone.stages.2.4.': 4,
-    'backbone.stages.2.5.': 4,
-    'backbone.stages.2.6.': 5,
-    'backbone.stages.2.7.': 5,
-    'backbone.stages.2.8.': 5,
-    'backbone.downsample_layers.3.': 6,
-    'backbone.stages.3.': 6,
-    'backbone.norm0.': 7,
-    'backbone.norm1.': 7,
-    'backbone.norm2.': 7,
-    'backbone.norm3.': 7,
-    'neck.': 7,
-    'head.': 7,
-}
-# lr scale R ** (L - id - 1) with L = N + 2.
-TINY_SCALES = {
-    0.95: {0: 0.6983372961, 1: 0.7350918906, 2: 0.7737809375, 3: 0.81450625, 4: 0.857375, 5: 0.9025, 6: 0.95,
-           7: 1.0},
-    0.7: {0: 0.0823543, 1: 0.117649, 2: 0.16807, 3: 0.2401, 4: 0.343, 5: 0.49, 6: 0.7, 7: 1.0},
-}
-
-SMALL_STAGE2_BLOCKS_BY_ID = {
-    3: (0, 1, 2), 4: (3, 4, 5), 5: (6, 7, 8), 6: (9, 10, 11), 7: (12, 13, 14), 8: (15, 16, 17), 9: (18, 19, 20),
-    10: (21, 22, 23), 11: (24, 25, 26)}
-SMALL_LAYER_WISE_IDS = {
-    'backbone.downsample_layers.0.': 0,
-    'backbone.stages.0.': 1,
-    'backbone.downsample_layers.1.': 2,
-    'backbone.stages.1.': 2,
-    'backbone.downsample_layers.2.': 3,
-    **{f'backbone.stages.2.{block}.': layer_id
-       for layer_id, blocks in SMALL_STAGE2_BLOCKS_BY_ID.items() for block in blocks},
-    'backbone.downsample_layers.3.': 12,
-    'backbone.stages.3.': 12,
-    'backbone.norm0.': 13,
-    'backbone.norm1.': 13,
-    'backbone.norm2.': 13,
-    'backbone.norm3.': 13,
-    'neck.': 13,
-    'head.': 13,
-}
-SMALL_SCALES_07 = {
-    0: 0.009688901041, 1: 0.0138412872, 2: 0.01977326743, 3: 0.0282475249, 4: 0.040353607, 5: 0.05764801,
-    6: 0.0823543, 7: 0.117649, 8: 0.16807, 9: 0.2401, 10: 0.343, 11: 0.49, 12: 0.7, 13: 1.0}
-
-
-def stage_wise_ids(num_layers):
-    return {
-        'backbone.downsample_layers.0.': 0,
-        'backbone.downsample_layers.1.': 0,
-        'backbone.downsample_layers.2.': 0,
-        'backbone.downsample_layers.3.': 0,
-        'backbone.stages.0.': 1,
-        'backbone.stages.1.': 2,
-        'backbone.stages.2.': 3,
-        'backbone.stages.3.': 4,
-        'backbone.norm': num_layers + 1,
-        'neck.': num_layers + 1,
-        'head.': num_layers + 1,
-    }
-
-
-# With N = 12 the same four stages decay harder than with N = 6 (the head's id moves, the stages' do not).
-STAGE_WISE_SCALES_09 = {
-    6: {0: 0.4782969, 1: 0.531441, 2: 0.59049, 3: 0.6561, 4: 0.729, 7: 1.0},
-    12: {0: 0.2541865828, 1: 0.2824295365, 2: 0.3138105961, 3: 0.3486784401, 4: 0.387420489, 13: 1.0},
-}
 
 
 @pytest.fixture(scope='module')
-def tiny():
+def convnext_t():
     return Model(arch='tiny')
 
 
 @pytest.mark.parametrize('decay_rate, scope', [(0.95, 'mmdet'), (0.7, 'mmseg')])
-def test_convnext_tiny_layer_wise_table(tiny, decay_rate, scope):
-    optim_wrapper = build(tiny, scope, decay_rate=decay_rate, decay_type='layer_wise', num_layers=6)
-    assert_table(tiny, optim_wrapper, TINY_LAYER_WISE_IDS, TINY_SCALES[decay_rate])
+def test_convnext_tiny_layer_wise_table(convnext_t, decay_rate, scope):
+    optim_wrapper = build(convnext_t, scope, decay_rate=decay_rate, decay_type='layer_wise', num_layers=6)
+    assert_table(convnext_t, optim_wrapper, CONVNEXT_T_LAYER_WISE_IDS, CONVNEXT_T_LAYER_WISE_SCALES[decay_rate])
 
 
 def test_convnext_small_layer_wise_table():
     model = Model(arch='small')
     optim_wrapper = build(model, 'mmdet', decay_rate=0.7, decay_type='layer_wise', num_layers=12)
-    assert_table(model, optim_wrapper, SMALL_LAYER_WISE_IDS, SMALL_SCALES_07)
+    assert_table(model, optim_wrapper, CONVNEXT_S_LAYER_WISE_IDS, CONVNEXT_S_LAYER_WISE_SCALES_07)
 
 
 @pytest.mark.parametrize('num_layers, scope', [(6, 'mmseg'), (12, 'mmdet')])
-def test_stage_wise_table(tiny, num_layers, scope):
-    optim_wrapper = build(tiny, scope, decay_rate=0.9, decay_type='stage_wise', num_layers=num_layers)
-    assert_table(tiny, optim_wrapper, stage_wise_ids(num_layers), STAGE_WISE_SCALES_09[num_layers])
+def test_stage_wise_table(convnext_t, num_layers, scope):
+    optim_wrapper = build(convnext_t, scope, decay_rate=0.9, decay_type='stage_wise', num_layers=num_layers)
+    assert_table(convnext_t, optim_wrapper, stage_wise_ids(num_layers), STAGE_WISE_SCALES_09[num_layers])
 
 
 def test_registered_in_mmdet_and_mmseg_next_to_their_own_constructors():
@@ -183,7 +106,7 @@ def test_registered_in_mmdet_and_mmseg_next_to_their_own_constructors():
 
 
 def test_backbone_alone_and_wrapped_model():
-    backbone = ConvNeXt(arch=TINY_TEST_ARCH)
+    backbone = ConvNeXt(arch=SMALLEST_LAYER_WISE_ARCH)
     optim_wrapper = build(backbone, decay_rate=0.5, num_layers=5)  # decay_type defaults to layer_wise
     groups = group_by_name(backbone, optim_wrapper)
     assert groups['downsample_layers.0.0.weight']['layer_id'] == 0
@@ -193,7 +116,7 @@ def test_backbone_alone_and_wrapped_model():
     assert groups['norm3.weight']['lr'] == pytest.approx(BASE_LR)
     assert groups['downsample_layers.0.0.weight']['lr'] == pytest.approx(BASE_LR * 0.5**6)
 
-    model = Model(arch=TINY_TEST_ARCH)
+    model = Model(arch=SMALLEST_LAYER_WISE_ARCH)
     optim_wrapper = build(Wrapped(model), decay_rate=0.5, num_layers=5)
     groups = group_by_name(model, optim_wrapper)
     assert len(groups) == len(list(model.parameters()))
@@ -201,9 +124,9 @@ def test_backbone_alone_and_wrapped_model():
     assert groups['head.weight']['lr'] == pytest.approx(BASE_LR)
 
 
-def test_weight_decay_split(tiny):
-    optim_wrapper = build(tiny, decay_rate=0.95, num_layers=6)
-    groups = group_by_name(tiny, optim_wrapper)
+def test_weight_decay_split(convnext_t):
+    optim_wrapper = build(convnext_t, decay_rate=0.95, num_layers=6)
+    groups = group_by_name(convnext_t, optim_wrapper)
     not_decayed = ['backbone.downsample_layers.0.0.bias', 'backbone.downsample_layers.0.1.weight', 'backbone.downsample_layers.0.1.bias',
                    'backbone.stages.0.0.gamma', 'backbone.stages.0.0.norm.weight',
                    'backbone.stages.0.0.dwconv.bias', 'backbone.stages.2.4.pwconv1.bias',
@@ -216,13 +139,13 @@ def test_weight_decay_split(tiny):
         assert groups[name]['weight_decay'] == 0, name
     for name in decayed:
         assert groups[name]['weight_decay'] == WEIGHT_DECAY, name
-    for name, param in tiny.named_parameters():
+    for name, param in convnext_t.named_parameters():
         expected = 0 if param.ndim == 1 or name.endswith('.bias') else WEIGHT_DECAY
         assert groups[name]['weight_decay'] == expected, name
 
 
 def test_custom_keys_on_top_of_the_decay():
-    model = Model(arch=TINY_TEST_ARCH)
+    model = Model(arch=SMALLEST_LAYER_WISE_ARCH)
     custom_keys = {
         'head': dict(lr_mult=10.),
         # Equally long and both in stage 0 block 0's names: mmengine's rule picks the alphabetically first,
@@ -264,7 +187,7 @@ def test_custom_keys_on_top_of_the_decay():
 
 
 def test_norm_and_bias_decay_mult():
-    model = Model(arch=TINY_TEST_ARCH, use_grn=True)
+    model = Model(arch=SMALLEST_LAYER_WISE_ARCH, use_grn=True)
     optim_wrapper = build(model, decay_rate=0.9, num_layers=5, norm_decay_mult=0.5, bias_decay_mult=2.)
     groups = group_by_name(model, optim_wrapper)
     expected = {
@@ -286,7 +209,7 @@ def test_norm_and_bias_decay_mult():
 
 
 def test_frozen_parameters_left_out():
-    model = Model(arch=TINY_TEST_ARCH, frozen_stages=2)
+    model = Model(arch=SMALLEST_LAYER_WISE_ARCH, frozen_stages=2)
     optim_wrapper = build(model, decay_rate=0.9, num_layers=5)
     optimized = {id(p) for g in optim_wrapper.optimizer.param_groups for p in g['params']}
     frozen = [name for name, p in model.named_parameters() if not p.requires_grad]
@@ -315,7 +238,7 @@ def test_convnext_v2_backbone():
 
 
 def test_logs_one_compact_table():
-    model = Model(arch=TINY_TEST_ARCH, frozen_stages=1)
+    model = Model(arch=SMALLEST_LAYER_WISE_ARCH, frozen_stages=1)
     logger = MMLogger.get_instance('test_layer_decay_table')  # becomes the current instance
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -347,7 +270,7 @@ def test_logs_one_compact_table():
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_optim_wrapper_with_gradient_clipping(scope):
     torch.manual_seed(0)
-    model = Model(arch=TINY_TEST_ARCH, out_indices=(3, ))  # every parameter then gets a gradient
+    model = Model(arch=SMALLEST_LAYER_WISE_ARCH, out_indices=(3, ))  # every parameter then gets a gradient
     max_norm = 1e-3
     optim_wrapper = build(model, scope, optimizer=dict(type='SGD', lr=0.1, weight_decay=0.),
                           wrapper=dict(type='OptimWrapper', clip_grad=dict(max_norm=max_norm)),
@@ -368,15 +291,15 @@ def test_optim_wrapper_with_gradient_clipping(scope):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU-only behaviour')
 def test_amp_optim_wrapper_without_cuda_says_so():
-    with pytest.raises(AssertionError, match='only available training on gpu'):
-        build(Model(arch=TINY_TEST_ARCH), wrapper=dict(type='AmpOptimWrapper'), decay_rate=0.9, num_layers=5)
+    with pytest.raises(ValueError, match=r"AmpOptimWrapper.*needs a GPU.*--cfg-options optim_wrapper\.type=OptimWrapper"):
+        build(Model(arch=SMALLEST_LAYER_WISE_ARCH), wrapper=dict(type='AmpOptimWrapper'), decay_rate=0.9, num_layers=5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mmengine's AmpOptimWrapper needs CUDA")
 @pytest.mark.parametrize('scope', ['mmdet', 'mmseg'])
 def test_amp_optim_wrapper_with_clipping_on_cuda(scope):
     # Only the last output feeds the head: the other output norms would get no gradient and never move.
-    model = Model(arch=TINY_TEST_ARCH, out_indices=(3, )).cuda()
+    model = Model(arch=SMALLEST_LAYER_WISE_ARCH, out_indices=(3, )).cuda()
     optim_wrapper = build(model, scope, wrapper=dict(type='AmpOptimWrapper', clip_grad=dict(max_norm=1.)),
                           decay_rate=0.9, num_layers=5)
     before = [p.detach().clone() for p in model.parameters()]
@@ -403,8 +326,8 @@ def assert_ratios_kept(optim_wrapper):
     return top['lr']
 
 
-def test_ratios_kept_through_linear_warmup_and_multistep(tiny):
-    optim_wrapper = build(tiny, decay_rate=0.95, num_layers=6)
+def test_ratios_kept_through_linear_warmup_and_multistep(convnext_t):
+    optim_wrapper = build(convnext_t, decay_rate=0.95, num_layers=6)
     schedulers = [
         LinearLR(optim_wrapper, start_factor=0.001, by_epoch=False, begin=0, end=5),
         MultiStepLR(optim_wrapper, milestones=[7, 9], gamma=0.1, by_epoch=False),
@@ -420,8 +343,8 @@ def test_ratios_kept_through_linear_warmup_and_multistep(tiny):
         assert assert_ratios_kept(optim_wrapper) == pytest.approx(BASE_LR * factor), step
 
 
-def test_ratios_kept_through_linear_warmup_and_poly(tiny):
-    optim_wrapper = build(tiny, 'mmseg', decay_rate=0.9, decay_type='stage_wise', num_layers=12)
+def test_ratios_kept_through_linear_warmup_and_poly(convnext_t):
+    optim_wrapper = build(convnext_t, 'mmseg', decay_rate=0.9, decay_type='stage_wise', num_layers=12)
     schedulers = [
         LinearLR(optim_wrapper, start_factor=1e-6, by_epoch=False, begin=0, end=3),
         PolyLR(optim_wrapper, power=1., eta_min=0., by_epoch=False, begin=3, end=11),
@@ -460,9 +383,9 @@ def test_bad_config(paramwise_cfg, match):
 
 def test_bad_config_through_the_registry():
     with pytest.raises(ValueError, match="unknown decay_type 'blockwise'"):
-        build(Model(arch=TINY_TEST_ARCH), 'mmseg', decay_rate=0.9, decay_type='blockwise', num_layers=6)
+        build(Model(arch=SMALLEST_LAYER_WISE_ARCH), 'mmseg', decay_rate=0.9, decay_type='blockwise', num_layers=6)
     with pytest.raises(ValueError, match=r'optimizer\.weight_decay=None'):
-        build(Model(arch=TINY_TEST_ARCH), optimizer=dict(type='AdamW', lr=BASE_LR), decay_rate=0.9, num_layers=6)
+        build(Model(arch=SMALLEST_LAYER_WISE_ARCH), optimizer=dict(type='AdamW', lr=BASE_LR), decay_rate=0.9, num_layers=6)
 
 
 @pytest.mark.parametrize('arch, decay_type, num_layers, minimum', [
