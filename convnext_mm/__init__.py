@@ -1,8 +1,10 @@
 """convnext-mm: the ConvNeXt backbone as a plugin for mmdetection 3.x and mmsegmentation 1.x.
 
 Importing this package registers, in mmdet's and in mmseg's registries (whichever are installed):
-- ``ConvNeXt`` in ``MODELS``;
-- ``ConvNeXtLayerDecayOptimizerConstructor`` in ``OPTIM_WRAPPER_CONSTRUCTORS``.
+- ``MODELS``: the backbones ``ConvNeXt`` and ``ConvNeXtIsotropic``, the neck ``SimpleFeaturePyramid``;
+- ``OPTIM_WRAPPER_CONSTRUCTORS``: ``ConvNeXtLayerDecayOptimizerConstructor``;
+- ``HOOKS``: ``RandomStateHook``, ``AutocastNetworkHook``, ``DemoDataHook``, ``EvalProgressBarHook``;
+and, for every mmengine loader, safe loading of mmengine checkpoints, ``.safetensors`` and ``hf-hub:`` files.
 Configs import it with ``custom_imports=dict(imports=['convnext_mm'], allow_failed_imports=False)``.
 """
 from .backbone import ConvNeXt
