@@ -1,7 +1,7 @@
 """Demo mode's two hooks, and which demo config ``--demo`` runs for a paper config.
 
-The demo is a pair of config files, ``configs/demo/cascade_convnext_t_demo.py`` and
-``configs/demo/upernet_convnext_t_demo.py``: each inherits a paper config and states what the demo changes (data,
+The demo is a set of config files under ``configs/demo/`` (``cascade_convnext_t_demo.py``,
+``upernet_convnext_t_demo.py``, ``mask_rcnn_convnext_iso_s_demo.py``): each inherits a paper config and states what the demo changes (data,
 classes, pipelines, schedule, initialization; docs/demo.md). They list the hooks here, so mmdet's and mmseg's own
 ``tools/train.py`` and ``tools/test.py`` run them as they are, on a fresh checkout:
 
@@ -24,6 +24,7 @@ CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs
 DEMO_CONFIGS = {
     'cascade/convnext_t_3x.py': 'demo/cascade_convnext_t_demo.py',
     'upernet/convnext_t_512_160k_ade20k.py': 'demo/upernet_convnext_t_demo.py',
+    'mask_rcnn/convnext_iso_s_lsj_100e.py': 'demo/mask_rcnn_convnext_iso_s_demo.py',
 }
 
 
