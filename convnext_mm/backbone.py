@@ -96,10 +96,14 @@ class ConvNeXtBlock(nn.Module):
         x = self.dwconv(x).permute(0, 2, 3, 1)
         if cpu_fast_path.applies(self, x):  # CPU inference: the same arithmetic in oneDNN, in cache-sized chunks
             return cpu_fast_path.pointwise(self, x, shortcut)
-        x = self.act(self.pwconv1(self.norm(x)))
-        if self.grn is not None:
-            x = self.grn(x)
-        x = self.pwconv2(x)
+        x = self.norm(x)
+        if cpu_fast_path.trains(self, x):  # CPU training: both Linears and their gradients in oneDNN
+            x = cpu_fast_path.mlp(self, x)
+        else:
+            x = self.act(self.pwconv1(x))
+            if self.grn is not None:
+                x = self.grn(x)
+            x = self.pwconv2(x)
         if self.gamma is not None:
             x = x * self.gamma
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))

@@ -1,21 +1,33 @@
-"""The CPU inference path of a ConvNeXt block's pointwise part (after the depthwise conv): LayerNorm, Linear to 4C,
-GELU, [GRN], Linear to C, layer scale and residual, with the plain path's arithmetic per pixel but run where this
-project's CPUs are fast. One entry from the block: :func:`applies`, then :func:`pointwise`.
+"""The CPU paths of a ConvNeXt block's pointwise part (after the depthwise conv): LayerNorm, Linear to 4C, GELU,
+[GRN], Linear to C, with the plain path's arithmetic per pixel but run where this project's CPUs are fast.
 
-- Both Linears run in oneDNN's matrix product (``torch.ops.mkldnn._linear_pointwise``, what inductor uses on the
-  CPU), faster than MKL's ``addmm`` on AMD CPUs, with the exact (erf) GELU fused into the first: two passes fewer
-  over the 4C-wide activation, the largest tensor of a block.
+Both Linears run in oneDNN's matrix product (``torch.ops.mkldnn._linear_pointwise``, what inductor uses on the
+CPU): on the AMD EPYC (Zen 5) machines this project trains and tests on, 1.3-2.5x MKL's ``mm``/``addmm``, which
+nn.Linear and its backward call (docs/benchmarks.md).
+
+Inference (one entry from the block: :func:`applies`, then :func:`pointwise`):
+
+- the exact (erf) GELU fused into the first Linear: two passes fewer over the 4C-wide activation, the largest
+  tensor of a block.
 - V1 blocks go ``PIXELS_PER_CHUNK`` pixels at a time into one preallocated output: a chunk's hidden map stays in
   the cache and its buffer is reused, where the whole map's would be a fresh allocation (page faults) of up to 4x
   the block's input, written to memory and read back (1.5-1.9x faster for a stage-1 block, docs/benchmarks.md).
   V2 blocks keep the whole map, as GRN's norm spans it.
 - Under ``torch.autocast('cpu', dtype=torch.bfloat16)`` the same path runs in bfloat16 with cached weight copies
   (:func:`inference_weights`); LayerNorm statistics stay in float32 (PyTorch's kernel).
+- A block none of whose tensors needs a gradient (a frozen stage) takes it under autograd too.
 
-Everywhere else the block takes its plain path: with gradients (the fused ops have no autograd formula), on
-other devices, under other autocast dtypes, under torch.compile (inductor fuses for itself) and while tracing
-(mmengine's FLOP counter traces the model; the fused ops neither trace nor count).
+Training in float32 (:func:`trains`, then :func:`mlp`): each Linear is an autograd Function (:class:`OneDNNLinear`)
+whose forward and both backward products (input and weight gradients) run in oneDNN, taken only where a one-time
+measurement (:func:`training_library`) finds oneDNN faster than MKL on this machine's block shapes. The first
+training step also has glibc keep freed blocks for reuse (:func:`reuse_freed_memory`).
+
+Everywhere else the block takes its plain path: on other devices, under other autocast dtypes (bf16 training:
+PyTorch's own autocast Linears, already oneDNN), under torch.compile (inductor fuses for itself) and while
+tracing (mmengine's FLOP counter traces the model; the fused ops neither trace nor count).
 """
+import ctypes
+import time
 import weakref
 
 import torch
@@ -35,11 +47,19 @@ ONEDNN_REORDER_LINEAR_WEIGHT = (getattr(torch.ops.mkldnn, '_reorder_linear_weigh
 INFERENCE_WEIGHTS = weakref.WeakKeyDictionary()
 
 
-def inference_dtype(x):
-    """The dtype this path runs ``x`` in: float32 in CPU inference, bfloat16 in CPU inference under bfloat16
-    autocast; None where the block's plain path runs (see the module doc)."""
-    if (ONEDNN_LINEAR_POINTWISE is None or x.device.type != 'cpu' or torch.is_grad_enabled()
-            or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+def _outside_fast_paths(x):
+    return (ONEDNN_LINEAR_POINTWISE is None or x.device.type != 'cpu' or torch.compiler.is_compiling()
+            or torch.jit.is_tracing())
+
+
+def inference_dtype(x, block=None):
+    """The dtype the inference path runs ``x`` in: float32 in CPU inference, bfloat16 in CPU inference under
+    bfloat16 autocast; None where it does not run (see the module doc). With ``block``, a block none of whose
+    tensors needs a gradient counts as inference under autograd too."""
+    if _outside_fast_paths(x):
+        return None
+    if torch.is_grad_enabled() and (block is None or x.requires_grad
+                                    or any(p.requires_grad for p in block.parameters())):
         return None
     if torch.is_autocast_enabled('cpu'):
         return torch.bfloat16 if torch.get_autocast_dtype('cpu') == torch.bfloat16 else None
@@ -48,7 +68,7 @@ def inference_dtype(x):
 
 def applies(block, x):
     """Whether ``block`` (a ConvNeXtBlock) takes this path for ``x``, its depthwise conv's NHWC output."""
-    dtype = inference_dtype(x)
+    dtype = inference_dtype(x, block)
     if dtype is None or block.training:
         return False
     return block.grn is None or dtype == torch.float32  # GRN under bf16: the plain path, its norms in float32
@@ -58,7 +78,7 @@ def pointwise(block, x, shortcut):
     """The block's output from ``x`` (its depthwise conv's output, NHWC view) and ``shortcut`` (its input)."""
     if block.grn is not None:
         return _pointwise_v2(block, x, shortcut)
-    return _pointwise_in_chunks(block, x, shortcut, inference_dtype(x))
+    return _pointwise_in_chunks(block, x, shortcut, inference_dtype(x, block))
 
 
 def _pointwise_in_chunks(block, x, shortcut, dtype):
@@ -121,3 +141,139 @@ def linear_gelu(x, weight, bias):
 def linear(x, weight, bias):
     """``x W^T + b`` in oneDNN's matrix product."""
     return ONEDNN_LINEAR_POINTWISE(x, weight, bias, 'none', [], '')
+
+
+# ---------------------------------------------------------------- training
+# 'onednn' or 'mkl': the library of the training path's products; None until training_library() measures it.
+TRAINING_LIBRARY = None
+# Whether the first CPU training step raises glibc's mmap threshold (reuse_freed_memory).
+REUSE_FREED_MEMORY = True
+# The products training_library() times: (pixels, C) of a stage-2 block at 8x3x224x224.
+MEASURED_SHAPE = (6272, 192)
+
+
+def trains(block, x):
+    """Whether ``block`` runs its Linears through :class:`OneDNNLinear` for ``x``, its normed NHWC map: float32
+    CPU training (gradients on and needed), where oneDNN is the faster library."""
+    if (_outside_fast_paths(x) or not torch.is_grad_enabled() or x.dtype != torch.float32
+            or torch.is_autocast_enabled('cpu')):
+        return False
+    if not (x.requires_grad or any(p.requires_grad for p in block.parameters())):
+        return False
+    if REUSE_FREED_MEMORY:
+        reuse_freed_memory()
+    return training_library() == 'onednn'
+
+
+def mlp(block, x):
+    """Linear to 4C, exact GELU, [GRN], Linear to C of ``x`` (NHWC, normed), with autograd."""
+    shape = x.shape
+    linear1, linear2 = block.pwconv1, block.pwconv2
+    x = OneDNNLinear.apply(x.reshape(-1, shape[-1]), linear1.weight, linear1.bias, True)
+    if block.grn is not None:
+        x = block.grn(x.view(*shape[:-1], -1)).reshape(x.shape)
+    x = OneDNNLinear.apply(x, linear2.weight, linear2.bias, False)
+    return x.view(shape)
+
+
+class OneDNNLinear(torch.autograd.Function):
+    """``x W^T + b``, then the exact GELU where ``gelu``, for 2-D ``x``; the forward product and both backward
+    products in oneDNN. The arithmetic of nn.Linear (and nn.GELU) to float32 rounding: the same products and
+    sums, in oneDNN's summation order.
+
+    GELU stays a separate pass (``F.gelu`` of the saved pre-activation, ``gelu_backward`` of it), as the plain
+    path does: fusing it into the product would need the pre-activation again for the backward, and recomputing
+    that product costs more than the pass (docs/benchmarks.md)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, gelu):
+        y = ONEDNN_LINEAR_POINTWISE(x, weight, bias, 'none', [], '')
+        ctx.gelu = gelu
+        if gelu:
+            ctx.save_for_backward(x, weight, y)
+            return F.gelu(y)
+        ctx.save_for_backward(x, weight)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, *pre_activation = ctx.saved_tensors
+        grad = grad.contiguous()
+        if ctx.gelu:
+            grad = torch.ops.aten.gelu_backward(grad, pre_activation[0])
+        need_x, need_weight, need_bias, _ = ctx.needs_input_grad
+        # grad W = oneDNN's Linear of the transposed weight: its weight operand may be a strided view.
+        grad_x = ONEDNN_LINEAR_POINTWISE(grad, weight.t(), None, 'none', [], '') if need_x else None
+        grad_weight = weight_grad(grad, x) if need_weight else None
+        grad_bias = grad.sum(0) if need_bias else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+def weight_grad(grad, x):
+    """``grad^T x`` (the weight gradient, out x in) as one oneDNN Linear of the transposed operands. Its input
+    operand is copied to a contiguous one, its weight operand is read strided: the narrower of ``grad`` and ``x``
+    goes first (1.3-4x faster than the other order at stage 1), and the product is transposed back where needed
+    into the weight's layout (out x in, contiguous, as DDP's gradient buckets expect)."""
+    if grad.shape[1] <= x.shape[1]:
+        return ONEDNN_LINEAR_POINTWISE(grad.t(), x.t(), None, 'none', [], '')
+    return ONEDNN_LINEAR_POINTWISE(x.t(), grad.t(), None, 'none', [], '').t().contiguous()
+
+
+def training_library():
+    """'onednn' or 'mkl', whichever computes a block's training products faster here, measured once per process
+    (about 0.1 s): the forward, input-gradient and weight-gradient products of both Linears of
+    ``MEASURED_SHAPE``, each way, best of three. oneDNN wins on the AMD EPYC machines this project runs on;
+    MKL may on others, where training keeps nn.Linear."""
+    global TRAINING_LIBRARY
+    if TRAINING_LIBRARY is None:
+        pixels, dim = MEASURED_SHAPE
+        generator = torch.Generator().manual_seed(0)
+        x, grad_x = (torch.randn(pixels, dim, generator=generator) for _ in range(2))
+        hidden, grad_hidden = (torch.randn(pixels, 4 * dim, generator=generator) for _ in range(2))
+        weight1 = torch.randn(4 * dim, dim, generator=generator)
+        weight2 = torch.randn(dim, 4 * dim, generator=generator)
+
+        def onednn():
+            for a, b in ((x, weight1), (hidden, weight2), (grad_hidden, weight1.t()), (grad_x, weight2.t())):
+                ONEDNN_LINEAR_POINTWISE(a, b, None, 'none', [], '')
+            weight_grad(grad_hidden, x)
+            weight_grad(grad_x, hidden)
+
+        def mkl():
+            torch.mm(x, weight1.t())
+            torch.mm(hidden, weight2.t())
+            torch.mm(grad_hidden, weight1)
+            torch.mm(grad_x, weight2)
+            torch.mm(grad_hidden.t(), x)
+            torch.mm(grad_x.t(), hidden)
+
+        seconds = {}
+        for name, products in (('onednn', onednn), ('mkl', mkl)) * 3:
+            start = time.perf_counter()
+            products()
+            seconds[name] = min(seconds.get(name, float('inf')), time.perf_counter() - start)
+        TRAINING_LIBRARY = 'onednn' if seconds['onednn'] < seconds['mkl'] else 'mkl'
+    return TRAINING_LIBRARY
+
+
+_FREED_MEMORY_REUSED = False
+# glibc's mallopt parameters.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def reuse_freed_memory():
+    """Have glibc keep freed blocks up to 1 GiB in the heap for reuse rather than returning them to the kernel,
+    once per process. By default every allocation over 32 MiB is a fresh mmap, its pages faulted in anew when
+    first written: a CPU training step allocates dozens of them (a 4C-wide map is 38 MiB at 8x3x224x224), and
+    faulting them costs 15-20% of the step (docs/benchmarks.md). The resident set then stays at its peak between
+    steps instead of falling back; the peak is the same. A no-op where the C library is not glibc."""
+    global _FREED_MEMORY_REUSED
+    if _FREED_MEMORY_REUSED:
+        return
+    _FREED_MEMORY_REUSED = True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, 2**30)
+    mallopt(M_TRIM_THRESHOLD, 2**31 - 1)

@@ -1,8 +1,9 @@
-"""The ConvNeXt backbone: shapes, registries, numerics against a plain functional ConvNeXt, options, bad input."""
+"""The ConvNeXt backbone: shapes, registries, numerics against the paper's formulation (tests/reference.py),
+options, bad input."""
 import pytest
 import torch
-import torch.nn.functional as F
 
+import reference
 from convnext_mm import ConvNeXt
 from convnext_mm.backbone import ARCH_SETTINGS, ConvNeXtBlock
 
@@ -11,42 +12,9 @@ from tiny_models import randomize
 TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
 
 
-def reference_convnext(x, params, depths, out_indices, use_grn=False):
-    """The paper's ConvNeXt written as plain functions over a state dict, independent of the package."""
-
-    def channels_first_norm(x, prefix):
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + 1e-6)
-        return params[prefix + '.weight'][:, None, None] * x + params[prefix + '.bias'][:, None, None]
-
-    outs = []
-    for stage in range(4):
-        if stage == 0:
-            x = F.conv2d(x, params['downsample_layers.0.0.weight'], params['downsample_layers.0.0.bias'], stride=4)
-            x = channels_first_norm(x, 'downsample_layers.0.1')
-        else:
-            x = channels_first_norm(x, f'downsample_layers.{stage}.0')
-            x = F.conv2d(x, params[f'downsample_layers.{stage}.1.weight'],
-                         params[f'downsample_layers.{stage}.1.bias'], stride=2)
-        for block in range(depths[stage]):
-            p = f'stages.{stage}.{block}.'
-            shortcut = x
-            y = F.conv2d(x, params[p + 'dwconv.weight'], params[p + 'dwconv.bias'], padding=3, groups=x.shape[1])
-            y = y.permute(0, 2, 3, 1)
-            y = F.layer_norm(y, y.shape[-1:], params[p + 'norm.weight'], params[p + 'norm.bias'], eps=1e-6)
-            y = F.gelu(F.linear(y, params[p + 'pwconv1.weight'], params[p + 'pwconv1.bias']))
-            if use_grn:
-                gx = y.pow(2).sum(dim=(1, 2), keepdim=True).sqrt()
-                nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
-                y = params[p + 'grn.gamma'] * (y * nx) + params[p + 'grn.beta'] + y
-            y = F.linear(y, params[p + 'pwconv2.weight'], params[p + 'pwconv2.bias'])
-            if p + 'gamma' in params:
-                y = params[p + 'gamma'] * y
-            x = shortcut + y.permute(0, 3, 1, 2)
-        if stage in out_indices:
-            outs.append(channels_first_norm(x, f'norm{stage}'))
-    return outs
+def reference_outputs(model, x):
+    """The paper's formulation (tests/reference.py) holding ``model``'s weights, on ``x``."""
+    return reference.like(model)(x)
 
 
 @pytest.mark.parametrize('arch', sorted(ARCH_SETTINGS))
@@ -61,12 +29,12 @@ def test_every_preset_gives_strides_4_to_32_at_an_odd_size(arch):
 
 
 @pytest.mark.parametrize('use_grn', [False, True], ids=['v1', 'v2'])
-def test_matches_the_plain_functional_convnext(use_grn):
+def test_matches_the_paper_formulation(use_grn):
     model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), use_grn=use_grn)).eval()
     x = torch.randn(2, 3, 70, 97)
     with torch.no_grad():
         outs = model(x)
-        expected = reference_convnext(x, model.state_dict(), TINY_ARCH['depths'], (0, 1, 2, 3), use_grn)
+        expected = reference_outputs(model, x)
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
@@ -187,13 +155,13 @@ def test_drop_path_drops_whole_samples_and_scales_kept_ones_by_the_keep_probabil
 
 
 @pytest.mark.parametrize('in_channels', [1, 4])
-def test_other_input_channels_match_the_plain_functional_convnext(in_channels):
+def test_other_input_channels_match_the_paper_formulation(in_channels):
     model = randomize(ConvNeXt(arch=TINY_ARCH, in_channels=in_channels)).eval()
     assert model.downsample_layers[0][0].weight.shape == (8, in_channels, 4, 4)
     x = torch.randn(2, in_channels, 64, 72)
     with torch.no_grad():
         outs = model(x)
-        expected = reference_convnext(x, model.state_dict(), TINY_ARCH['depths'], (0, 1, 2, 3))
+        expected = reference_outputs(model, x)
     for out, ref in zip(outs, expected):
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 

@@ -2,13 +2,11 @@
 
 The fast paths: channels_last maps throughout (convnext_mm/backbone.py), CPU inference of each block's MLP in
 chunks of pixels with oneDNN's Linears, GELU fused into the first (float32, and bfloat16 under autocast, with
-cached bfloat16 copies of the weights; convnext_mm/cpu_fast_path.py), and the ``compile`` option. The plain formulation is
-the paper's, as written in tools/benchmark_backbone.py (``PaperConvNeXt``, which the benchmark times ours
-against), or the same block run on NCHW input or with autograd on. Speed is measured by that benchmark, not here.
+cached bfloat16 copies of the weights), CPU training with both Linears' products and gradients in oneDNN
+(convnext_mm/cpu_fast_path.py), and the ``compile`` option. The plain formulation is the paper's
+(tests/reference.py, which tools/benchmark_backbone.py times ours against), or the same block run on NCHW input,
+with autograd on or with training's products in MKL. Speed is measured by that benchmark, not here.
 """
-import importlib.util
-import os.path as osp
-
 import pytest
 import torch
 
@@ -16,9 +14,9 @@ from convnext_mm import ConvNeXt
 from convnext_mm import cpu_fast_path
 from convnext_mm.backbone import GRN, ConvNeXtBlock
 
+import reference
 from tiny_models import randomize
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
 # Each element within RTOL of its reference, or within ATOL of the tensor's largest magnitude: float32 rounding
 # only. The second bound is for entries that are sums cancelling to near zero, whose rounding error follows the
@@ -26,17 +24,6 @@ TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
 # a small gradient entry cannot be wrong by more than that.
 RTOL = 1e-5
 ATOL = 3e-6
-
-
-def load_benchmark():
-    path = osp.join(ROOT, 'tools', 'benchmark_backbone.py')
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-benchmark = load_benchmark()
 
 
 def assert_all_close(tensors, references):
@@ -62,7 +49,8 @@ def step(model, x, train):
     x = x.detach().requires_grad_()  # a leaf, in the memory layout given
     outs = outputs(x)
     sum((o * o).mean() for o in outs).backward()
-    return [o.detach() for o in outs] + [x.grad] + [p.grad for _, p in sorted(model.named_parameters())]
+    # flattened: the reference's GRN parameters are (1, 1, 1, C) as in ConvNeXt V2, ours (C,)
+    return [o.detach() for o in outs] + [x.grad] + [p.grad.flatten() for _, p in sorted(model.named_parameters())]
 
 
 @pytest.fixture
@@ -86,11 +74,9 @@ needs_onednn = pytest.mark.skipif(cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None,
                                   reason='this torch has no oneDNN fused Linear (torch.ops.mkldnn._linear_pointwise)')
 
 
-def paper_pair(seed=0):
-    ours = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3)), seed)
-    paper = benchmark.PaperConvNeXt(TINY_ARCH['depths'], TINY_ARCH['dims'])
-    paper.load_state_dict(ours.state_dict())
-    return ours, paper
+def paper_pair(seed=0, **kwargs):
+    ours = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), **kwargs), seed)
+    return ours, reference.like(ours)
 
 
 @needs_onednn
@@ -102,11 +88,107 @@ def test_inference_matches_the_paper_formulation(onednn_calls):
     assert onednn_calls == [('linear_gelu', torch.float32), ('linear', torch.float32)] * blocks
 
 
-def test_training_step_matches_the_paper_formulation(onednn_calls):
-    ours, paper = paper_pair()
+@pytest.fixture(params=['onednn', 'mkl'])
+def training_library(request, monkeypatch):
+    """Training's products in oneDNN (the fast path) or MKL (nn.Linear), whatever this machine's measurement
+    chose; yields the library and a list recording each oneDNN product the training path computes."""
+    if request.param == 'onednn' and cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None:
+        pytest.skip('this torch has no oneDNN Linear (torch.ops.mkldnn._linear_pointwise)')
+    monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', request.param)
+    products = []
+    original = cpu_fast_path.ONEDNN_LINEAR_POINTWISE
+
+    def counting(x, weight, *args):
+        products.append((tuple(x.shape), tuple(weight.shape)))
+        return original(x, weight, *args)
+
+    if original is not None:
+        monkeypatch.setattr(cpu_fast_path, 'ONEDNN_LINEAR_POINTWISE', counting)
+    return request.param, products
+
+
+@pytest.mark.parametrize('kwargs', [dict(), dict(layer_scale_init_value=0), dict(use_grn=True)],
+                         ids=['layer_scale', 'no_layer_scale', 'v2_grn'])
+def test_training_step_matches_the_paper_formulation(training_library, kwargs):
+    library, products = training_library
+    ours, paper = paper_pair(**kwargs)
     x = torch.randn(2, 3, 70, 97)
     assert_all_close(step(ours, x, train=True), step(paper, x, train=True))
-    assert not onednn_calls  # the fused op has no autograd formula: training takes the plain path
+    blocks = sum(TINY_ARCH['depths'])
+    # per block: both Linears forward, each one's input and weight gradient
+    assert len(products) == (6 * blocks if library == 'onednn' else 0)
+
+
+def test_training_gradients_are_as_close_to_float64_as_the_paper_formulations(training_library):
+    """Judged by the paper's formulation in float64: ours in float32 (oneDNN's summation orders or MKL's) is
+    within the float32 bound of it, as the paper's own float32 run is."""
+    ours, paper = paper_pair()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    exact = [t.float() for t in step(paper.double(), x, train=True)]
+    assert_all_close(step(ours, x.float(), train=True), exact)
+    assert_all_close(step(paper.float(), x.float(), train=True), exact)
+
+
+def test_training_gradients_have_the_parameters_layout(training_library):
+    """Each gradient is laid out as its parameter (contiguous): DDP's gradient buckets are views in that layout
+    and would warn and copy otherwise."""
+    ours, _ = paper_pair()
+    step(ours, torch.randn(2, 3, 64, 64), train=True)
+    for name, param in ours.named_parameters():
+        assert param.is_contiguous() and param.grad.is_contiguous(), name
+
+
+def test_drop_path_and_with_cp_train_the_same_on_both_libraries(monkeypatch):
+    """Drop path draws the same masks and with_cp recomputes the same forward whichever library trains."""
+    if cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None:
+        pytest.skip('this torch has no oneDNN Linear (torch.ops.mkldnn._linear_pointwise)')
+    results = []
+    for library in ('mkl', 'onednn'):
+        monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', library)
+        model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), drop_path_rate=0.5, with_cp=True))
+        torch.manual_seed(0)
+        results.append(step(model, torch.randn(2, 3, 64, 64), train=True))
+    assert_all_close(results[1], results[0])
+
+
+@needs_onednn
+def test_frozen_stages_train_the_rest_and_take_the_inference_path(training_library, onednn_calls, monkeypatch):
+    """A frozen stage needs no gradient: its block takes the inference path (fused, chunked) under autograd;
+    the stages after it train; outputs and gradients equal the plain path's."""
+
+    def frozen_step():
+        model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), frozen_stages=1)).train()
+        outs = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+        sum((o * o).mean() for o in outs).backward()
+        assert all(p.grad is None for p in model.stages[0].parameters())
+        assert not outs[0].requires_grad and outs[1].requires_grad
+        return [o.detach() for o in outs] + [p.grad for p in model.parameters() if p.requires_grad]
+
+    fast = frozen_step()
+    assert onednn_calls == [('linear_gelu', torch.float32), ('linear', torch.float32)]  # stage 1's one block
+    monkeypatch.setattr(cpu_fast_path, 'inference_dtype', lambda x, block=None: None)
+    monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', 'mkl')
+    assert_all_close(fast, frozen_step())
+
+
+def test_training_library_is_measured_once_and_is_one_of_the_two(monkeypatch):
+    monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', None)
+    if cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None:
+        pytest.skip('this torch has no oneDNN Linear (torch.ops.mkldnn._linear_pointwise)')
+    chosen = cpu_fast_path.training_library()
+    assert chosen in ('onednn', 'mkl')
+    monkeypatch.setattr(cpu_fast_path, 'MEASURED_SHAPE', None)  # a second measurement would fail on it
+    assert cpu_fast_path.training_library() == chosen
+
+
+def test_bf16_autocast_training_keeps_pytorchs_linears(training_library):
+    """Under bf16 autocast, training takes the plain path: autocast's own bf16 Linears (oneDNN already)."""
+    _, products = training_library
+    ours, _ = paper_pair()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = ours.train()(torch.randn(1, 3, 64, 64))
+    sum(o.float().square().mean() for o in outs).backward()
+    assert not products
 
 
 @needs_onednn
@@ -127,7 +209,7 @@ def test_fused_inference_equals_the_autograd_path(onednn_calls, kwargs, pixels_p
         assert len(onednn_calls) == 2 * blocks
     else:  # stage 1 alone has 2 x 16 x 20 = 640 pixels: 18 chunks per block
         assert len(onednn_calls) > 2 * blocks
-    with torch.enable_grad():  # same weights and mode; autograd on takes the plain Linear and GELU
+    with torch.enable_grad():  # same weights and mode; autograd on takes the training path
         calls_before = len(onednn_calls)
         plain = [o.detach() for o in model(x)]
         assert len(onednn_calls) == calls_before
@@ -218,18 +300,11 @@ def test_block_gives_the_same_results_on_nchw_and_channels_last_input(train, kwa
     assert_all_close(results[1], results[0])
 
 
-def paper_grn(x, gamma, beta):
-    """ConvNeXt V2's global response normalization as its paper writes it."""
-    gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
-    return gamma * (x * nx) + beta + x
-
-
 def test_grn_matches_the_papers_formula_with_gradients():
     grn = randomize(GRN(12))
     x = torch.randn(2, 5, 7, 12)
     results = []
-    for formula in (grn, lambda x: paper_grn(x, grn.gamma, grn.beta)):
+    for formula in (grn, lambda x: reference.grn(x, grn.gamma, grn.beta)):
         grn.zero_grad(set_to_none=True)
         leaf = x.clone().requires_grad_()
         out = formula(leaf)
@@ -247,7 +322,7 @@ def test_grn_computes_the_norms_of_a_bf16_map_in_float32():
         out = grn(x)
     assert out.dtype == torch.float32
     with torch.no_grad():
-        assert_all_close([out], [paper_grn(x.float(), grn.gamma, grn.beta)])
+        assert_all_close([out], [reference.grn(x.float(), grn.gamma, grn.beta)])
         assert grn.bfloat16()(x).dtype == torch.bfloat16  # a bf16 model stays bf16 (its next Linear needs it)
 
 
