@@ -189,9 +189,15 @@ MMPRETRAIN_PAPER_VALUES = dict(
 PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
 
 
-def check_mmpretrain_args(**values):
-    """Refuse, by name and with what to write, an mmpretrain argument that would change the paper's model."""
+def check_mmpretrain_args(values):
+    """Accept the arguments of mmpretrain's ConvNeXt (``values``) with the values that build the paper's detection
+    backbone; refuse any other value, and any other argument, by name and with what to write."""
     for name, value in values.items():
+        if name not in MMPRETRAIN_PAPER_VALUES:
+            raise TypeError(f'ConvNeXt got an unknown argument {name!r}; its arguments are arch, in_channels, '
+                            'out_indices, drop_path_rate, layer_scale_init_value, frozen_stages, with_cp, use_grn, '
+                            'compile, init_cfg, pretrained, and mmpretrain\'s '
+                            f'{", ".join(MMPRETRAIN_PAPER_VALUES)}')
         allowed = MMPRETRAIN_PAPER_VALUES[name]
         if value == allowed or (isinstance(allowed, tuple) and value in allowed):
             continue
@@ -311,8 +317,8 @@ class ConvNeXt(StrictLoading, BaseModule):
             (also FCMAE) or convnext_mm checkpoint layouts, checking every key (:func:`load_pretrained`).
         pretrained: the deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``
             (mmseg's ``EncoderDecoder(pretrained=...)`` passes it).
-        gap_before_final_norm, linear_pw_conv, norm_cfg, act_cfg, stem_patch_size: mmpretrain's ConvNeXt
-            arguments, accepted so that its configs need no other edit; the values that build the paper's
+        mmpretrain_args: mmpretrain's ConvNeXt arguments (gap_before_final_norm, linear_pw_conv, norm_cfg, act_cfg,
+            stem_patch_size), accepted so that its configs need no other edit; the values that build the paper's
             backbone only (``MMPRETRAIN_PAPER_VALUES``), anything else is an error that says what to write.
     """
 
@@ -328,13 +334,8 @@ class ConvNeXt(StrictLoading, BaseModule):
                  compile=False,
                  init_cfg=None,
                  pretrained=None,
-                 gap_before_final_norm=False,
-                 linear_pw_conv=True,
-                 norm_cfg=MMPRETRAIN_PAPER_VALUES['norm_cfg'],
-                 act_cfg=MMPRETRAIN_PAPER_VALUES['act_cfg'],
-                 stem_patch_size=4):
-        check_mmpretrain_args(gap_before_final_norm=gap_before_final_norm, linear_pw_conv=linear_pw_conv,
-                              norm_cfg=norm_cfg, act_cfg=act_cfg, stem_patch_size=stem_patch_size)
+                 **mmpretrain_args):
+        check_mmpretrain_args(mmpretrain_args)
         self.pretrained_cfg, init_cfg = split_init_cfg(init_cfg, pretrained)
         if init_cfg is None and self.pretrained_cfg is None:
             init_cfg = [dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.)]
