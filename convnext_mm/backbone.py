@@ -311,7 +311,9 @@ class ConvNeXt(StrictLoading, BaseModule):
         compile: ``torch.compile`` the backbone's forward, as one graph with static shapes (torch 2.13's inductor
             fails on dynamic channels_last shapes): each new input size compiles anew, for minutes on a CPU, and
             after torch._dynamo's recompile limit the backbone runs eagerly. A dict gives torch.compile's
-            arguments (e.g. ``dict(mode='max-autotune')``). Not faster on a CPU: docs/benchmarks.md.
+            arguments (e.g. ``dict(mode='max-autotune')``). Not faster on a CPU: docs/benchmarks.md. This, not
+            mmengine's ``compile`` config key, is the way to compile: mmengine compiles the whole ``train_step``,
+            which torch 2.13's dynamo fails on for mmdet's detectors (InternalTorchDynamoError at the first step).
         init_cfg: mmengine init config, a dict or a list of dicts. ``dict(type='Pretrained',
             checkpoint=PATH_OR_URL[, prefix='backbone.'])`` loads the official, timm, mmpretrain, ConvNeXt V2
             (also FCMAE) or convnext_mm checkpoint layouts, checking every key (:func:`load_pretrained`).
@@ -447,20 +449,30 @@ class ConvNeXt(StrictLoading, BaseModule):
             frozen += [self.downsample_layers[i], self.stages[i]]
             if i in self.out_indices:
                 frozen.append(getattr(self, f'norm{i}'))
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+        freeze(frozen)
 
     def _check_input(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f'ConvNeXt expects an NCHW image tensor (4 dims: batch, channels, height, width), '
-                             f'got {shape}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'ConvNeXt was built with in_channels={self.in_channels} but the input has '
-                             f'{x.shape[1]} channels (shape {tuple(x.shape)}); pass NCHW images or set '
-                             f'in_channels={x.shape[1]}')
-        if min(x.shape[2:]) < TOTAL_STRIDE:
-            raise ValueError(f'ConvNeXt needs an input of at least {TOTAL_STRIDE}x{TOTAL_STRIDE} pixels (its total '
-                             f'stride), got {x.shape[2]}x{x.shape[3]}; resize or pad the image')
+        check_image(x, 'ConvNeXt', self.in_channels, TOTAL_STRIDE, 'its total stride')
+
+
+def freeze(modules):
+    """No gradient and eval mode for ``modules`` (frozen stages or blocks)."""
+    for module in modules:
+        module.eval()
+        for param in module.parameters():
+            param.requires_grad = False
+
+
+def check_image(x, owner, in_channels, min_size, why):
+    """A ValueError naming ``owner`` and the fix unless ``x`` is an NCHW batch of ``in_channels`` channels and at
+    least ``min_size`` pixels a side (``why``: what sets that size)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f'{owner} expects an NCHW image tensor (4 dims: batch, channels, height, width), '
+                         f'got {shape}')
+    if x.shape[1] != in_channels:
+        raise ValueError(f'{owner} was built with in_channels={in_channels} but the input has {x.shape[1]} channels '
+                         f'(shape {tuple(x.shape)}); pass NCHW images or set in_channels={x.shape[1]}')
+    if min(x.shape[2:]) < min_size:
+        raise ValueError(f'{owner} needs an input of at least {min_size}x{min_size} pixels ({why}), got '
+                         f'{x.shape[2]}x{x.shape[3]}; resize or pad the image')

@@ -16,7 +16,7 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 
 from . import checkpoint as ckpt
-from .backbone import NORM_EPS, ConvNeXtBlock, LayerNorm2d, split_init_cfg
+from .backbone import NORM_EPS, ConvNeXtBlock, LayerNorm2d, check_image, freeze, split_init_cfg
 from .registry import register_in_hosts
 
 # The paper's isotropic models (official release: convnext_isotropic_{small,base,large}).
@@ -196,20 +196,7 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
             return
         frozen = [self.stem] + list(self.blocks[:self.frozen_blocks])
         frozen += [getattr(self, f'norm{i}') for i in self.out_indices if i < self.frozen_blocks]
-        for module in frozen:
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad = False
+        freeze(frozen)
 
     def _check_input(self, x):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f'ConvNeXtIsotropic expects an NCHW image tensor (4 dims: batch, channels, height, '
-                             f'width), got {shape}')
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f'ConvNeXtIsotropic was built with in_channels={self.in_channels} but the input has '
-                             f'{x.shape[1]} channels (shape {tuple(x.shape)}); pass NCHW images or set '
-                             f'in_channels={x.shape[1]}')
-        if min(x.shape[2:]) < PATCH_SIZE:
-            raise ValueError(f'ConvNeXtIsotropic needs an input of at least {PATCH_SIZE}x{PATCH_SIZE} pixels (its '
-                             f'patch size and stride), got {x.shape[2]}x{x.shape[3]}; resize or pad the image')
+        check_image(x, 'ConvNeXtIsotropic', self.in_channels, PATCH_SIZE, 'its patch size and stride')
