@@ -3,15 +3,18 @@
     python tools/benchmark_backbone.py [--quick] [--archs tiny base] [--sizes 8x224x224 1x800x1216]
         [--reps 5] [--threads N] [--compile] [--no-memory] [--timm] [--no-onnxruntime] [--no-bf16]
         [--precisions fp32 bf16 ...]
-    python tools/benchmark_backbone.py --detector-memory configs/cascade/convnext_t_3x.py [--size 800x1333]
 
-The reference (``PaperConvNeXt`` below) is the official code's sequence of operations: NCHW maps, a permute to
-NHWC and back around every block's norm and Linears, and the channels-first LayerNorm written out as mean,
-variance, divide. It has the official parameter names, which are ours, so it holds the same weights. For each arch, input size and step
-(``infer``: no_grad forward in eval mode; ``train``: forward and backward of a loss over all four outputs in
-train mode) the two models run alternately, the order flipping every repetition, and the table gives median
-images/s of each, their ratio, peak memory, and the largest difference of the outputs (and, for a training step,
-of the parameter gradients), relative to the largest magnitude of that tensor.
+The reference is the paper's formulation, tests/reference.py (a transcription of the official code: NCHW maps,
+a permute to NHWC and back around every block's norm and Linears, the channels-first LayerNorm written out), the
+same one the tests hold ours against. It has the official parameter names, which are ours, so it holds the same
+weights. For each arch, input size and step (``infer``: no_grad forward in eval mode; ``train``: forward and
+backward of a loss over all four outputs in train mode) the models run alternately, the order flipping every
+repetition, and the table gives median images/s of each, their ratio, peak memory, and the largest difference
+of the outputs (and, for a training step, of the parameter gradients), relative to the largest magnitude of
+that tensor.
+
+On the CPU, a training step is also timed with our backbone's products in MKL (``ours mkl``: nn.Linear, what
+training ran before the oneDNN training path; convnext_mm/cpu_fast_path.py), in the same interleaving.
 
 Peak memory: on a GPU, ``torch.cuda.max_memory_allocated`` during one step, over what was allocated before it
 (the allocator's peak is reset first); on the CPU, the growth of the process's peak resident set (VmHWM) over one
@@ -29,14 +32,11 @@ On the CPU, inference is also timed, in the same interleaving, for two more engi
 run by ONNX Runtime's CPU provider with all graph optimizations and torch's number of threads (``--no-bf16``,
 ``--no-onnxruntime`` leave them out).
 
-``--detector-memory CONFIG`` instead measures one training step (forward, losses, backward) of the config's
-detector on a synthetic image with a few boxes and masks, with the backbone's ``with_cp`` off and on, each in a
-fresh subprocess, and prints the peak memory of both.
+A whole detector's training-step memory: tools/benchmark_detector_memory.py.
 """
 import argparse
 import importlib.util
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -47,71 +47,21 @@ import time
 import torch
 import torch.nn as nn
 
+from convnext_mm import cpu_fast_path
 from convnext_mm.backbone import ARCH_SETTINGS, ConvNeXt, ConvNeXtBlock
 
-NORM_EPS = 1e-6
 
 
-# ---------------------------------------------------------------- the paper's formulation (official code)
-class PaperChannelsFirstLayerNorm(nn.Module):
-    """The official code's LayerNorm for NCHW maps: statistics over dim 1, written out."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x):
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + NORM_EPS)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+def load_reference():
+    """tests/reference.py, the paper's formulation, imported by its path (tests/ is no package)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests', 'reference.py')
+    spec = importlib.util.spec_from_file_location('convnext_reference', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class PaperBlock(nn.Module):
-
-    def __init__(self, dim):
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=NORM_EPS)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(4 * dim, dim)
-        self.gamma = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        input = x
-        x = self.dwconv(x)
-        x = x.permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C)
-        x = self.norm(x)
-        x = self.pwconv1(x)
-        x = self.act(x)
-        x = self.pwconv2(x)
-        x = self.gamma * x
-        x = x.permute(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
-        return input + x
-
-
-class PaperConvNeXt(nn.Module):
-    """The official detection backbone (all four outputs), with its parameter names, which are also ours."""
-
-    def __init__(self, depths, dims):
-        super().__init__()
-        self.downsample_layers = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), PaperChannelsFirstLayerNorm(dims[0]))] +
-            [nn.Sequential(PaperChannelsFirstLayerNorm(dims[i - 1]), nn.Conv2d(dims[i - 1], dims[i], kernel_size=2,
-                                                                             stride=2)) for i in range(1, 4)])
-        self.stages = nn.ModuleList([nn.Sequential(*[PaperBlock(dims[i]) for _ in range(depths[i])])
-                                     for i in range(4)])
-        for i in range(4):
-            self.add_module(f'norm{i}', PaperChannelsFirstLayerNorm(dims[i]))
-
-    def forward(self, x):
-        outs = []
-        for i in range(4):
-            x = self.stages[i](self.downsample_layers[i](x))
-            outs.append(getattr(self, f'norm{i}')(x))
-        return tuple(outs)
+reference = load_reference()
 
 
 # ---------------------------------------------------------------- the models and one step of each
@@ -131,9 +81,7 @@ def build_models(arch, device, compile_ours=False, seed=0, with_timm=False):
                 module.bias.normal_(0.0, 0.1)
             if isinstance(module, ConvNeXtBlock):
                 module.gamma.uniform_(0.1, 1.0)
-    settings = ARCH_SETTINGS[arch]
-    models = {'ours': ours, 'paper': PaperConvNeXt(settings['depths'], settings['dims'])}
-    models['paper'].load_state_dict(ours.state_dict())
+    models = {'ours': ours, 'paper': reference.like(ours)}
     if compile_ours:
         models['ours+compile'] = ConvNeXt(arch=arch, out_indices=(0, 1, 2, 3), compile=True)
         models['ours+compile'].load_state_dict(ours.state_dict())
@@ -160,6 +108,16 @@ def run_step(model, x, step, amp_dtype):
         loss = sum(out.float().pow(2).mean() for out in outs)
     loss.backward()
     return outs, [p.grad for p in model.parameters()]
+
+
+def training_in_library(library, model, x):
+    """A training step of ``model`` (ours) with the CPU training path's products in ``library``."""
+    chosen = cpu_fast_path.training_library()
+    cpu_fast_path.TRAINING_LIBRARY = library
+    try:
+        return run_step(model, x, 'train', None)
+    finally:
+        cpu_fast_path.TRAINING_LIBRARY = chosen
 
 
 def synchronize(device):
@@ -288,6 +246,8 @@ def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps,
     engines = {name: (None, lambda x, model=model: run_step(model, x, step, amp_dtype))
                for name, model in models.items()}
     onnx_dir = tempfile.TemporaryDirectory(prefix='benchmark_backbone_')
+    if device.type == 'cpu' and step == 'train' and amp_dtype is None:
+        engines['ours mkl'] = (None, lambda x: training_in_library('mkl', models['ours'], x))
     if device.type == 'cpu' and step == 'infer' and amp_dtype is None and cpu_extras:
         engines.update(cpu_inference_engines(models, x, onnx_dir.name, 'bf16' in cpu_extras,
                                              'onnxruntime' in cpu_extras))
@@ -312,7 +272,8 @@ def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps,
                    peak_mib=None)
         if memory and device.type == 'cuda':
             row['peak_mib'] = cuda_peak_of_step(models[name], x, step, amp_dtype) / 2**20
-        elif memory and name != 'ours+compile':  # its first step would count the compiler's memory
+        elif memory and name not in ('ours+compile', 'ours mkl'):  # compile: its first step would count the
+            # compiler's memory; mkl: the same model and memory as ours
             amp = torch.bfloat16 if name == 'ours bf16' else amp_dtype
             request = dict(model=name.split()[0], arch=arch, shape=list(shape), step=step, device=str(device),
                            amp=str(amp).replace('torch.', '') if amp else None,
@@ -378,103 +339,6 @@ def run_backbone_benchmark(args):
     print(format_table(rows, lambda r: r['precision']))
 
 
-# ---------------------------------------------------------------- a detector's training step
-# Three boxes (x1, y1, x2, y2) as fractions of the image's width and height: at 800x1333, (100, 120, 500, 600),
-# (600, 50, 1000, 400) and (300, 400, 1200, 780).
-BOX_FRACTIONS = [[0.075, 0.15, 0.375, 0.75], [0.45, 0.0625, 0.75, 0.5], [0.225, 0.5, 0.9, 0.975]]
-
-
-def synthetic_detection_batch(size):
-    """One random image of ``size`` (height, width) with three boxes and their masks, at the same places of the
-    image whatever its size."""
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-
-    height, width = size
-    generator = torch.Generator().manual_seed(0)
-    image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
-    boxes = (torch.tensor(BOX_FRACTIONS) * torch.tensor([width, height, width, height])).round()
-    masks = torch.zeros(len(boxes), height, width, dtype=torch.uint8)
-    for mask, (x1, y1, x2, y2) in zip(masks, boxes.long().tolist()):
-        mask[y1:y2, x1:x2] = 1
-    sample = DetDataSample(metainfo=dict(img_shape=size, ori_shape=size, pad_shape=size, scale_factor=(1., 1.)))
-    sample.gt_instances = InstanceData(
-        bboxes=boxes, labels=torch.tensor([0, 1, 2]), masks=BitmapMasks(masks.numpy(), height, width))
-    return dict(inputs=[image], data_samples=[sample])
-
-
-def detector_training_step(config, with_cp, size, device, amp=None):
-    """(peak memory in bytes, seconds, losses) of one training step of the config's model on a synthetic image.
-
-    On a GPU: the config's whole training step, ``model.train_step`` through the config's optimizer wrapper (its
-    layer-decay constructor; ``amp`` 'float16' or 'bfloat16' makes it mmengine's AmpOptimWrapper of that dtype, None
-    plain fp32), after one warm-up step; the time is the median of three steps. On the CPU: the first forward and
-    backward, no optimizer (the figures of docs/benchmarks.md's CPU table; the peak of the first step, as the
-    resident set does not shrink back between steps)."""
-    from mmengine.optim import build_optim_wrapper
-
-    from convnext_mm.runtime import build_model, load_config
-
-    cfg = load_config(config, {'model.backbone.with_cp': with_cp})
-    model = build_model(cfg).to(device).train()
-    data = synthetic_detection_batch(size)
-    if device == 'cpu':
-        batch = model.data_preprocessor(data, training=True)
-
-        def backward():
-            loss, _ = model.parse_losses(model(**batch, mode='loss'))
-            loss.backward()
-            return loss
-
-        start = time.perf_counter()
-        peak = peak_rss_growth_of(backward)
-        return peak, time.perf_counter() - start, None
-    optim_cfg = cfg.optim_wrapper.copy()
-    if amp is None:
-        optim_cfg['type'] = 'OptimWrapper'
-        optim_cfg.pop('loss_scale', None)
-        optim_cfg.pop('dtype', None)
-    else:
-        optim_cfg.update(type='AmpOptimWrapper', dtype=amp)
-    optim_wrapper = build_optim_wrapper(model, optim_cfg)
-    model.train_step(data, optim_wrapper)  # warm-up: cuDNN autotuning, the optimizer's state
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    seconds = []
-    for _ in range(3):
-        start = time.perf_counter()
-        log_vars = model.train_step(data, optim_wrapper)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    losses = {name: float(value) for name, value in log_vars.items()}
-    return torch.cuda.max_memory_allocated(device) - base, statistics.median(seconds), losses
-
-
-def run_detector_memory(args):
-    device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    print(f'Before: {machine_line(torch.device(device))}', flush=True)
-    results = {}
-    for with_cp in (False, True):
-        request = dict(detector=args.detector_memory, with_cp=with_cp, size=list(args.size), device=device,
-                       amp=args.amp)
-        results[with_cp] = measure_in_subprocess(request)
-        print(f'  with_cp={with_cp}: done', flush=True)
-    size = f'1x3x{args.size[0]}x{args.size[1]}'
-    precision = f'AMP {args.amp}' if args.amp else 'fp32'
-    print(f'{args.detector_memory}, one training step at {size} on {device} ({precision}), peak memory of the step:')
-    print('| with_cp | peak memory (MiB) | step time (s) | losses |')
-    print('|---|---|---|---|')
-    for with_cp, (peak, seconds, losses) in results.items():
-        if losses is not None and not all(math.isfinite(value) for value in losses.values()):
-            raise SystemExit(f'error: a loss is not finite with_cp={with_cp}: {losses}')
-        shown = ', '.join(f'{name} {value:.3g}' for name, value in losses.items()) if losses else '-'
-        print(f'| {with_cp} | {peak / 2**20:.0f} | {seconds:.2f} | {shown} |')
-    saved = 1 - results[True][0] / results[False][0]
-    print(f'with_cp saves {saved:.0%} of the peak.')
-
-
 # ---------------------------------------------------------------- command line
 def parse_shape(text):
     try:
@@ -482,14 +346,6 @@ def parse_shape(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f'{text!r} is not BATCHxHEIGHTxWIDTH, e.g. 8x224x224') from None
     return (batch, 3, height, width)
-
-
-def parse_size(text):
-    try:
-        height, width = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not HEIGHTxWIDTH, e.g. 800x1333') from None
-    return (height, width)
 
 
 def parse_args(argv=None):
@@ -513,12 +369,6 @@ def parse_args(argv=None):
                         help='CPU inference: leave out the ONNX Runtime row (the paper\'s formulation exported)')
     parser.add_argument('--no-bf16', dest='cpu_extras', action='append_const', const='-bf16',
                         help='CPU inference: leave out the row of ours under bf16 autocast')
-    parser.add_argument('--detector-memory', metavar='CONFIG',
-                        help='peak memory of a training step of this detector, with_cp off and on')
-    parser.add_argument('--size', type=parse_size, default=(800, 1333), metavar='HxW',
-                        help='image size for --detector-memory')
-    parser.add_argument('--amp', choices=['float16', 'bfloat16'],
-                        help="--detector-memory on a GPU: train through mmengine's AmpOptimWrapper in this dtype")
     parser.add_argument('--_measure', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -534,8 +384,6 @@ def parse_args(argv=None):
     if unavailable:
         parser.error(f'--precisions {" ".join(unavailable)}: not timed on {"a GPU" if on_cuda else "the CPU"}; '
                      f'choose from {sorted(CUDA_SETTINGS if on_cuda else CPU_SETTINGS)}')
-    if args.amp and not on_cuda:
-        parser.error('--amp: mmengine\'s AmpOptimWrapper needs a CUDA GPU; on the CPU the step is fp32')
     if args.timm and importlib.util.find_spec('timm') is None:
         parser.error('--timm needs timm installed (pip install timm)')
     left_out = {name[1:] for name in args.cpu_extras or []}
@@ -553,16 +401,10 @@ def main(argv=None):
     if args._measure:  # the child process of measure_in_subprocess
         request = json.loads(args._measure)
         device = torch.device(request['device'])
-        if 'detector' in request:
-            result = detector_training_step(request['detector'], request['with_cp'], tuple(request['size']),
-                                            request['device'], request['amp'])
-        else:
-            amp = getattr(torch, request['amp']) if request['amp'] else None
-            result = peak_memory_of_step(request['model'], request['arch'], tuple(request['shape']), request['step'],
-                                         device, amp, request.get('onnx'))
+        amp = getattr(torch, request['amp']) if request['amp'] else None
+        result = peak_memory_of_step(request['model'], request['arch'], tuple(request['shape']), request['step'],
+                                     device, amp, request.get('onnx'))
         print(json.dumps(result))
-    elif args.detector_memory:
-        run_detector_memory(args)
     else:
         run_backbone_benchmark(args)
 
