@@ -7,9 +7,7 @@ import reference
 from convnext_mm import ConvNeXt
 from convnext_mm.backbone import ARCH_SETTINGS, ConvNeXtBlock
 
-from tiny_models import randomize
-
-TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
+from tiny_models import SMALLEST_ARCH, randomize
 
 
 def reference_outputs(model, x):
@@ -30,7 +28,7 @@ def test_every_preset_gives_strides_4_to_32_at_an_odd_size(arch):
 
 @pytest.mark.parametrize('use_grn', [False, True], ids=['v1', 'v2'])
 def test_matches_the_paper_formulation(use_grn):
-    model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), use_grn=use_grn)).eval()
+    model = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), use_grn=use_grn)).eval()
     x = torch.randn(2, 3, 70, 97)
     with torch.no_grad():
         outs = model(x)
@@ -48,7 +46,7 @@ def test_v2_blocks_have_grn_and_no_layer_scale():
 
 
 def test_out_indices_subset_and_negative():
-    model = ConvNeXt(arch=TINY_ARCH, out_indices=(-1, 1)).eval()
+    model = ConvNeXt(arch=SMALLEST_ARCH, out_indices=(-1, 1)).eval()
     outs = model(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == [16, 64]
     assert hasattr(model, 'norm1') and hasattr(model, 'norm3') and not hasattr(model, 'norm0')
@@ -75,14 +73,14 @@ def test_default_init_is_truncated_normal_with_zero_bias():
 
 
 def test_layer_scale_init_value():
-    model = ConvNeXt(arch=TINY_ARCH, layer_scale_init_value=1.0)
+    model = ConvNeXt(arch=SMALLEST_ARCH, layer_scale_init_value=1.0)
     assert torch.all(model.stages[3][0].gamma == 1.0)
-    assert ConvNeXt(arch=TINY_ARCH, layer_scale_init_value=0).stages[3][0].gamma is None
+    assert ConvNeXt(arch=SMALLEST_ARCH, layer_scale_init_value=0).stages[3][0].gamma is None
 
 
 @pytest.mark.parametrize('frozen_stages', [1, 2, 3])
 def test_frozen_stages_get_no_gradient_and_stay_in_eval(frozen_stages):
-    model = ConvNeXt(arch=TINY_ARCH, frozen_stages=frozen_stages, drop_path_rate=0.3)
+    model = ConvNeXt(arch=SMALLEST_ARCH, frozen_stages=frozen_stages, drop_path_rate=0.3)
     model.train()
     frozen = [model.downsample_layers[0]] + [model.stages[i] for i in range(frozen_stages)] + \
         [getattr(model, f'norm{i}') for i in range(frozen_stages)]
@@ -98,7 +96,7 @@ def test_frozen_stages_get_no_gradient_and_stay_in_eval(frozen_stages):
 
 
 def test_all_four_stages_frozen_leaves_nothing_trainable():
-    model = ConvNeXt(arch=TINY_ARCH, frozen_stages=4).train()
+    model = ConvNeXt(arch=SMALLEST_ARCH, frozen_stages=4).train()
     assert not any(p.requires_grad for p in model.parameters())
     parts = [model.downsample_layers[0], *model.stages, *(getattr(model, f'norm{i}') for i in range(4))]
     assert not any(m.training for part in parts for m in part.modules())
@@ -106,8 +104,8 @@ def test_all_four_stages_frozen_leaves_nothing_trainable():
 
 def test_with_cp_gives_the_same_gradients():
     torch.manual_seed(0)
-    plain = randomize(ConvNeXt(arch=TINY_ARCH))
-    checkpointed = ConvNeXt(arch=TINY_ARCH, with_cp=True)
+    plain = randomize(ConvNeXt(arch=SMALLEST_ARCH))
+    checkpointed = ConvNeXt(arch=SMALLEST_ARCH, with_cp=True)
     checkpointed.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 64, 64)
     grads = []
@@ -122,8 +120,8 @@ def test_with_cp_gives_the_same_gradients():
 
 
 def test_drop_path_is_identity_in_eval_and_random_in_train():
-    with_drop = randomize(ConvNeXt(arch=TINY_ARCH, drop_path_rate=0.5))
-    without = ConvNeXt(arch=TINY_ARCH, drop_path_rate=0.0)
+    with_drop = randomize(ConvNeXt(arch=SMALLEST_ARCH, drop_path_rate=0.5))
+    without = ConvNeXt(arch=SMALLEST_ARCH, drop_path_rate=0.0)
     without.load_state_dict(with_drop.state_dict())
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
@@ -135,7 +133,7 @@ def test_drop_path_is_identity_in_eval_and_random_in_train():
 
 
 def test_drop_path_rates_rise_linearly_from_zero_over_all_blocks():
-    model = ConvNeXt(arch=TINY_ARCH, drop_path_rate=0.5)  # 1 + 1 + 2 + 1 = 5 blocks
+    model = ConvNeXt(arch=SMALLEST_ARCH, drop_path_rate=0.5)  # 1 + 1 + 2 + 1 = 5 blocks
     rates = [getattr(block.drop_path, 'drop_prob', 0.0) for stage in model.stages for block in stage]
     assert rates == pytest.approx([0.0, 0.125, 0.25, 0.375, 0.5])
 
@@ -156,7 +154,7 @@ def test_drop_path_drops_whole_samples_and_scales_kept_ones_by_the_keep_probabil
 
 @pytest.mark.parametrize('in_channels', [1, 4])
 def test_other_input_channels_match_the_paper_formulation(in_channels):
-    model = randomize(ConvNeXt(arch=TINY_ARCH, in_channels=in_channels)).eval()
+    model = randomize(ConvNeXt(arch=SMALLEST_ARCH, in_channels=in_channels)).eval()
     assert model.downsample_layers[0][0].weight.shape == (8, in_channels, 4, 4)
     x = torch.randn(2, in_channels, 64, 72)
     with torch.no_grad():
@@ -168,7 +166,7 @@ def test_other_input_channels_match_the_paper_formulation(in_channels):
 
 @pytest.mark.parametrize('frozen_stages', [0, -1])
 def test_frozen_stages_0_and_minus_1_freeze_nothing(frozen_stages):
-    model = ConvNeXt(arch=TINY_ARCH, frozen_stages=frozen_stages).train()
+    model = ConvNeXt(arch=SMALLEST_ARCH, frozen_stages=frozen_stages).train()
     assert all(m.training for m in model.modules())
     sum(o.sum() for o in model(torch.randn(2, 3, 64, 64))).backward()
     frozen = [name for name, p in model.named_parameters()
@@ -187,7 +185,7 @@ def test_frozen_stages_0_and_minus_1_freeze_nothing(frozen_stages):
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('[', r'\[')):
-        ConvNeXt(**{'arch': TINY_ARCH, **kwargs})
+        ConvNeXt(**{'arch': SMALLEST_ARCH, **kwargs})
 
 
 @pytest.mark.parametrize('x, message', [
@@ -196,11 +194,11 @@ def test_bad_arguments_are_named(kwargs, message):
     (torch.randn(1, 3, 31, 64), 'at least 32x32 pixels .* got 31x64'),
 ])
 def test_bad_input_tensors_are_named(x, message):
-    model = ConvNeXt(arch=TINY_ARCH)
+    model = ConvNeXt(arch=SMALLEST_ARCH)
     with pytest.raises(ValueError, match=message):
         model(x)
 
 
 def test_smallest_input_of_32_pixels_works():
-    outs = ConvNeXt(arch=TINY_ARCH).eval()(torch.randn(1, 3, 32, 45))
+    outs = ConvNeXt(arch=SMALLEST_ARCH).eval()(torch.randn(1, 3, 32, 45))
     assert tuple(outs[-1].shape[2:]) == (1, 1)

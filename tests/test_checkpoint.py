@@ -1,5 +1,6 @@
 """Loading pretrained weights: every public layout gives the same outputs; bad files give named errors."""
 import logging
+import os.path as osp
 import re
 
 import numpy as np
@@ -11,54 +12,17 @@ from mmengine.logging import MMLogger
 from convnext_mm import ConvNeXt
 from convnext_mm.checkpoint import CheckpointError, load_pretrained
 
-from test_backbone import TINY_ARCH, randomize
+from checkpoint_layouts import (backbone_tensors, ddp_detector_checkpoint, ddp_module_file, fcmae_layout,
+                                make_source, mmpretrain_conv_layout, mmpretrain_layout, official_layout,
+                                own_backbone_file, own_detector_checkpoint, own_file_before_0_2, renamed, timm_layout)
+from project import ROOT
+from tiny_models import SMALLEST_ARCH
 
-V2_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
-
-
-def make_source(use_grn=False):
-    """A trained-looking backbone: every tensor random, the output norms too (so loading them is checked)."""
-    return randomize(ConvNeXt(arch=TINY_ARCH, use_grn=use_grn))
-
-
-def backbone_tensors(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if not re.match(r'norm\d\.', k)}
-
-
-def classifier(dim=64, classes=10):
-    return {'norm.weight': torch.ones(dim), 'norm.bias': torch.zeros(dim),
-            'head.weight': torch.randn(classes, dim), 'head.bias': torch.zeros(classes)}
-
-
-# Each public layout's names, written out from the real files (a block's tensors; "{s}", "{b}", "{j}": stage, block,
-# layer within a downsample layer). Each maps the official name (ours) to the layout's.
+# A block's tensors under the official names (ours), V1 and V2.
 BLOCK_TENSORS = ['gamma', 'dwconv.weight', 'dwconv.bias', 'norm.weight', 'norm.bias', 'pwconv1.weight', 'pwconv1.bias',
                  'pwconv2.weight', 'pwconv2.bias']
 V2_BLOCK_TENSORS = ['dwconv.weight', 'dwconv.bias', 'norm.weight', 'norm.bias', 'pwconv1.weight', 'pwconv1.bias',
                     'grn.gamma', 'grn.beta', 'pwconv2.weight', 'pwconv2.bias']
-TIMM_BLOCK = {'gamma': 'gamma', 'dwconv': 'conv_dw', 'norm': 'norm', 'pwconv1': 'mlp.fc1', 'pwconv2': 'mlp.fc2',
-              'grn.gamma': 'mlp.grn.weight', 'grn.beta': 'mlp.grn.bias'}
-MMPRETRAIN_BLOCK = {'gamma': 'gamma', 'dwconv': 'depthwise_conv', 'norm': 'norm', 'pwconv1': 'pointwise_conv1',
-                    'pwconv2': 'pointwise_conv2', 'grn.gamma': 'grn.gamma', 'grn.beta': 'grn.beta'}
-
-
-def renamed(official_key, layout):
-    """``official_key`` in ``layout`` ('official', 'timm', 'mmpretrain', 'convnext_mm 0.1')."""
-    parts = official_key.split('.')
-    if parts[0] == 'downsample_layers':
-        i, rest = int(parts[1]), '.'.join(parts[2:])
-        if layout in ('timm', 'convnext_mm 0.1'):
-            return f'stem.{rest}' if i == 0 else f'stages.{i}.downsample.{rest}'
-        return official_key
-    stage, block, tensor = parts[1], parts[2], '.'.join(parts[3:])
-    module, _, param = tensor.rpartition('.')
-    if tensor in ('gamma', 'grn.gamma', 'grn.beta'):
-        module, param = tensor, None
-    name = {'timm': TIMM_BLOCK, 'mmpretrain': MMPRETRAIN_BLOCK}.get(layout, {m: m for m in TIMM_BLOCK})[module]
-    name = name if param is None else f'{name}.{param}'
-    if layout in ('timm', 'convnext_mm 0.1'):
-        return f'stages.{stage}.blocks.{block}.{name}'
-    return f'stages.{stage}.{block}.{name}'
 
 
 def official_tiny_keys():
@@ -73,10 +37,10 @@ def test_our_parameter_names_are_the_official_ones():
     model = ConvNeXt(arch='tiny')
     assert sorted(backbone_tensors(model)) == sorted(official_tiny_keys())
     assert len(official_tiny_keys()) == 16 + 18 * 9
-    v2 = ConvNeXt(arch=V2_ARCH, use_grn=True)
+    v2 = ConvNeXt(arch=SMALLEST_ARCH, use_grn=True)
     assert sorted(backbone_tensors(v2)) == sorted(
         [k for k in (f'downsample_layers.{i}.{j}.{p}' for i in range(4) for j in (0, 1) for p in ('weight', 'bias'))]
-        + [f'stages.{s}.{b}.{t}' for s, depth in enumerate(V2_ARCH['depths']) for b in range(depth)
+        + [f'stages.{s}.{b}.{t}' for s, depth in enumerate(SMALLEST_ARCH['depths']) for b in range(depth)
            for t in V2_BLOCK_TENSORS])
 
 
@@ -93,93 +57,6 @@ def test_layout_names_are_the_real_files_names():
     assert len(timm) == len(mmpretrain) == len(keys)
 
 
-def official_layout(model):
-    """The facebookresearch/ConvNeXt release: {'model': ...}, downsample_layers.I.J, stages.S.B.*, classifier."""
-    out = {}
-    for key, value in backbone_tensors(model).items():
-        if key.endswith(('grn.gamma', 'grn.beta')):
-            value = value.reshape(1, 1, 1, -1)  # ConvNeXt V2's shape
-        out[renamed(key, 'official')] = value
-    return {'model': {**out, **classifier()}}
-
-
-def timm_layout(model):
-    out = {renamed(key, 'timm'): value for key, value in backbone_tensors(model).items()}
-    return {**out, 'head.norm.weight': torch.ones(64), 'head.norm.bias': torch.zeros(64),
-            'head.fc.weight': torch.randn(10, 64), 'head.fc.bias': torch.zeros(10)}
-
-
-def mmpretrain_layout(model):
-    out = {'backbone.' + renamed(key, 'mmpretrain'): value for key, value in backbone_tensors(model).items()}
-    # mmpretrain's classifier keeps its final norm as backbone.norm3 (trained, so it is loaded).
-    out['backbone.norm3.weight'] = model.norm3.weight.detach().clone()
-    out['backbone.norm3.bias'] = model.norm3.bias.detach().clone()
-    out['head.fc.weight'], out['head.fc.bias'] = torch.randn(10, 64), torch.zeros(10)
-    return {'meta': {'epoch': np.int64(300), 'mean': np.array([123.675, 116.28, 103.53])}, 'state_dict': out}
-
-
-def mmpretrain_conv_layout(model):
-    """mmpretrain with ``linear_pw_conv=False``: the pointwise layers are 1x1 convolutions."""
-    checkpoint = mmpretrain_layout(model)
-    checkpoint['state_dict'] = {k: v[:, :, None, None] if re.search(r'pointwise_conv\d\.weight$', k) else v
-                                for k, v in checkpoint['state_dict'].items()}
-    return checkpoint
-
-
-def fcmae_layout(model):
-    """A ConvNeXt V2 FCMAE pre-training file: the encoder in MinkowskiEngine's layout, as the inverse of the
-    official ConvNeXt-V2 ``remap_checkpoint_keys`` (the stem is a dense conv there, too), and a decoder."""
-    out = {}
-    for key, value in backbone_tensors(model).items():
-        parts = key.split('.')
-        if key.startswith('downsample_layers.0.'):
-            pass
-        elif key.endswith('dwconv.weight'):  # (C, 1, k, k) -> (k*k, C)
-            key, value = key[:-len('weight')] + 'kernel', value.transpose(3, 2).reshape(value.shape[0], -1).t()
-        elif key.startswith('downsample_layers.') and parts[2] == '1' and parts[3] == 'weight':
-            out_dim, in_dim, k, _ = value.shape  # (C_out, C_in, k, k) -> (k*k, C_in, C_out)
-            key, value = key[:-len('weight')] + 'kernel', value.transpose(3, 2).reshape(out_dim, in_dim, k * k).permute(
-                2, 1, 0)
-        elif re.search(r'(\.norm|^downsample_layers\.\d\.0)\.(weight|bias)$', key):
-            key = key.rsplit('.', 1)[0] + '.ln.' + key.rsplit('.', 1)[1]
-        elif re.search(r'\.pwconv\d\.(weight|bias)$', key):
-            key = key.rsplit('.', 1)[0] + '.linear.' + key.rsplit('.', 1)[1]
-        # Sparse convolutions and GRN keep (1, C); MinkowskiLinear and MinkowskiLayerNorm wrap torch's (C,).
-        if re.search(r'(\.dwconv\.bias|^downsample_layers\.[123]\.1\.bias|\.grn\.\w+)$', key):
-            value = value.reshape(1, -1)
-        out['encoder.' + key] = value.clone()
-    out['mask_token'] = torch.zeros(1, 64, 1, 1)
-    out['decoder.0.weight'] = torch.randn(4, 64)
-    return {'model': out}
-
-
-def own_backbone_file(model):
-    return model.state_dict()
-
-
-def own_file_before_0_2(model):
-    """A backbone saved by convnext_mm 0.1, whose names were timm's (stem, stages.S.downsample, stages.S.blocks.B)."""
-    return {renamed(k, 'convnext_mm 0.1') if not re.match(r'norm\d\.', k) else k: v
-            for k, v in model.state_dict().items()}
-
-
-def own_detector_checkpoint(model):
-    state = {'backbone.' + k: v for k, v in model.state_dict().items()}
-    state['neck.lateral_convs.0.conv.weight'] = torch.randn(4, 8, 1, 1)
-    return {'meta': {'iter': np.int64(10), 'seed': np.int32(0)}, 'state_dict': state}
-
-
-def ddp_detector_checkpoint(model):
-    """A detector saved from inside DistributedDataParallel: every key under ``module.``."""
-    checkpoint = own_detector_checkpoint(model)
-    checkpoint['state_dict'] = {'module.' + k: v for k, v in checkpoint['state_dict'].items()}
-    return checkpoint
-
-
-def ddp_module_file(model):
-    return {'module': own_backbone_file(model)}
-
-
 # Each layout and the output norms its files hold (a classification file has none; mmpretrain's keeps norm3).
 LAYOUTS = {official_layout: (), timm_layout: (), mmpretrain_layout: (3, ), mmpretrain_conv_layout: (3, ),
            own_backbone_file: (0, 1, 2, 3), own_file_before_0_2: (0, 1, 2, 3), own_detector_checkpoint: (0, 1, 2, 3),
@@ -187,7 +64,7 @@ LAYOUTS = {official_layout: (), timm_layout: (), mmpretrain_layout: (3, ), mmpre
 
 
 def build_pretrained(path, **kwargs):
-    model = ConvNeXt(arch=TINY_ARCH, init_cfg=dict(type='Pretrained', checkpoint=str(path)), **kwargs)
+    model = ConvNeXt(arch=SMALLEST_ARCH, init_cfg=dict(type='Pretrained', checkpoint=str(path)), **kwargs)
     model.init_weights()
     return model.eval()
 
@@ -241,7 +118,7 @@ def test_loading_logs_the_file_what_it_left_out_and_what_kept_its_init(tmp_path)
     handler = type('H', (logging.Handler, ), {'emit': lambda self, r: records.append(r.getMessage())})()
     logger.addHandler(handler)
     try:
-        load_pretrained(ConvNeXt(arch=TINY_ARCH), path, logger=logger)
+        load_pretrained(ConvNeXt(arch=SMALLEST_ARCH), path, logger=logger)
     finally:
         logger.removeHandler(handler)
     assert len(records) == 2
@@ -369,7 +246,7 @@ def test_download_from_a_url_loads_and_bad_downloads_are_named_and_not_cached(tm
 
 def test_pretrained_without_checkpoint_key():
     with pytest.raises(ValueError, match='needs checkpoint=PATH_OR_URL'):
-        ConvNeXt(arch=TINY_ARCH, init_cfg=dict(type='Pretrained'))
+        ConvNeXt(arch=SMALLEST_ARCH, init_cfg=dict(type='Pretrained'))
 
 
 def saved(tmp_path, layout, source):
@@ -387,12 +264,12 @@ def test_every_way_of_naming_the_weights_loads_them(tmp_path, form, prefix):
     pretrained = dict(type='Pretrained', checkpoint=path, **({'prefix': prefix} if prefix else {}))
     if form == 'pretrained argument':
         with pytest.warns(DeprecationWarning, match='pretrained= is deprecated'):
-            model = ConvNeXt(arch=TINY_ARCH, pretrained=path)
+            model = ConvNeXt(arch=SMALLEST_ARCH, pretrained=path)
     else:
         init_cfg = {'dict': pretrained, 'list': [pretrained], 'list with other initializers': [
             dict(type='Constant', layer='LayerNorm', val=3.0), pretrained,
             dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02)]}[form]
-        model = ConvNeXt(arch=TINY_ARCH, init_cfg=init_cfg)
+        model = ConvNeXt(arch=SMALLEST_ARCH, init_cfg=init_cfg)
     model.init_weights()
     # mmengine's order: the other initializers first, then the file, which overwrites what it holds.
     norm_init = (3.0, 0.0) if form == 'list with other initializers' else (1.0, 0.0)
@@ -408,7 +285,7 @@ def test_detector_built_from_config_loads_a_list_init_cfg(tmp_path):
     init_default_scope('mmdet')
     detector = mmdet.registry.MODELS.build(dict(
         type='RetinaNet', data_preprocessor=dict(type='DetDataPreprocessor'),
-        backbone=dict(type='ConvNeXt', arch=TINY_ARCH, out_indices=(1, 2, 3),
+        backbone=dict(type='ConvNeXt', arch=SMALLEST_ARCH, out_indices=(1, 2, 3),
                       init_cfg=[dict(type='Pretrained', checkpoint=path, prefix='backbone.')]),
         neck=dict(type='FPN', in_channels=[16, 32, 64], out_channels=8, num_outs=3),
         bbox_head=dict(type='RetinaHead', num_classes=2, in_channels=8, feat_channels=8,
@@ -429,17 +306,17 @@ def test_detector_built_from_config_loads_a_list_init_cfg(tmp_path):
 ])
 def test_bad_init_cfg_is_named(init_cfg, message):
     with pytest.raises(ValueError, match=message):
-        ConvNeXt(arch=TINY_ARCH, init_cfg=init_cfg)
+        ConvNeXt(arch=SMALLEST_ARCH, init_cfg=init_cfg)
 
 
 def test_weights_given_twice_are_refused():
     with pytest.raises(ValueError, match='weights given twice'):
-        ConvNeXt(arch=TINY_ARCH, pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
+        ConvNeXt(arch=SMALLEST_ARCH, pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='b.pth'))
 
 
 def test_prefix_that_matches_nothing_says_to_delete_it(tmp_path):
     path = saved(tmp_path, official_layout, make_source())
-    model = ConvNeXt(arch=TINY_ARCH, init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
+    model = ConvNeXt(arch=SMALLEST_ARCH, init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
     with pytest.raises(CheckpointError, match=r"official_layout\.pth: has no tensors under prefix='backbone\.'.*"
                                               r"Delete prefix"):
         model.init_weights()
@@ -458,7 +335,6 @@ def test_checkpoint_module_itself_registers_its_safe_globals(tmp_path):
     """convnext_mm/checkpoint.py, run on its own in a process where no type is allowed yet, makes numpy metadata
     loadable (resume.py registers a superset when the package is imported, which would hide a lapse here)."""
     import importlib.util
-    import os.path as osp
     path = tmp_path / 'mmpretrain.pth'
     torch.save(mmpretrain_layout(make_source()), path)
     allowed = torch.serialization.get_safe_globals()
@@ -466,9 +342,8 @@ def test_checkpoint_module_itself_registers_its_safe_globals(tmp_path):
     try:
         with pytest.raises(Exception, match='Unsupported global'):
             torch.load(path)
-        spec = importlib.util.spec_from_file_location(
-            'checkpoint_alone', osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'convnext_mm',
-                                         'checkpoint.py'))
+        spec = importlib.util.spec_from_file_location('checkpoint_alone',
+                                                      osp.join(ROOT, 'convnext_mm', 'checkpoint.py'))
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
         assert torch.load(path)['meta']['epoch'] == 300
     finally:
@@ -495,7 +370,7 @@ def test_checkpoint_of_convnext_mm_0_1_resumes_through_mmengine(tmp_path):
     path = tmp_path / 'epoch_12.pth'
     torch.save({'meta': {'epoch': np.int64(12)}, 'state_dict': old}, path)
     model = torch.nn.Module()
-    model.backbone = ConvNeXt(arch=TINY_ARCH)
+    model.backbone = ConvNeXt(arch=SMALLEST_ARCH)
     load_checkpoint(model, str(path), strict=False)
     assert_loaded(model.backbone, source, (0, 1, 2, 3))
     model.backbone.load_state_dict(own_file_before_0_2(source))  # strict, torch's own
@@ -508,6 +383,6 @@ def test_trained_model_of_convnext_mm_0_1_passes_the_tools_check(tmp_path):
     path = tmp_path / 'epoch_36.pth'
     torch.save({'state_dict': {'backbone.' + k: v for k, v in own_file_before_0_2(source).items()}}, path)
     model = torch.nn.Module()
-    model.backbone = ConvNeXt(arch=TINY_ARCH)
+    model.backbone = ConvNeXt(arch=SMALLEST_ARCH)
     load_trained(model, str(path), 'config.py')
     assert_loaded(model.backbone, source, (0, 1, 2, 3))

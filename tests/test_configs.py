@@ -1,22 +1,21 @@
 """The paper's configs: each builds with the paper's parameter count and states the official hyper-parameters;
 the T and S configs train one step and predict on a tiny image on the CPU."""
 import math
-import os.path as osp
 
-import numpy as np
 import pytest
 import torch
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 
 from convnext_mm import runtime
 from convnext_mm.runtime import build_model, load_config
-from tiny_models import assert_every_path_got_a_gradient, record_gradients_on_every_path
+from project import config_path
+from tiny_models import (assert_every_path_got_a_gradient, record_gradients_on_every_path, tiny_detection_batch,
+                         tiny_segmentation_batch)
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DIMS = {'tiny': [96, 192, 384, 768], 'small': [96, 192, 384, 768], 'base': [128, 256, 512, 1024],
         'large': [192, 384, 768, 1536], 'xlarge': [256, 512, 1024, 2048]}
 
-# The official release's settings (issue 4): config -> arch, drop path, lr, decay rate, num_layers, fp16 AMP,
+# The official release's settings: config -> arch, drop path, lr, decay rate, num_layers, fp16 AMP,
 # whole-model parameters in the paper (M), ImageNet checkpoint.
 DETECTION = {
     'mask_rcnn/convnext_t_3x.py': ('tiny', 0.4, 1e-4, 0.95, 6, True, 48, 'convnext_tiny_1k_224.pth'),
@@ -42,10 +41,6 @@ SEGMENTATION = {  # ... plus the crop size
 }
 ALL_CONFIGS = {**DETECTION, **SEGMENTATION}
 SMALL_CONFIGS = [name for name, settings in ALL_CONFIGS.items() if settings[0] in ('tiny', 'small')]
-
-
-def config_path(name):
-    return osp.join(ROOT, 'configs', name)
 
 
 def check_common_settings(cfg, settings):
@@ -130,35 +125,6 @@ def test_config_builds_with_the_paper_parameter_count(name):
     params = sum(p.numel() for p in build_model(cfg).parameters())
     paper = ALL_CONFIGS[name][6] * 1e6
     assert abs(params - paper) / paper < 0.01, f'{name}: {params / 1e6:.1f}M parameters, paper {paper / 1e6:.0f}M'
-
-
-def tiny_detection_batch():
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.bbox import HorizontalBoxes
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-    boxes = [[10, 8, 50, 40], [20, 30, 44, 60]]
-    masks = np.zeros((len(boxes), 64, 64), np.uint8)
-    for mask, (x1, y1, x2, y2) in zip(masks, boxes):
-        mask[y1:y2, x1:x2] = 1
-    sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1.0, 1.0)))
-    sample.gt_instances = InstanceData(
-        bboxes=HorizontalBoxes(torch.tensor(boxes, dtype=torch.float32)),
-        labels=torch.tensor([3, 17]),
-        masks=BitmapMasks(masks, 64, 64))
-    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)], data_samples=[sample])
-
-
-def tiny_segmentation_batch():
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    samples = []
-    for _ in range(2):  # two images: BN over the 1x1 pooled map of UperNet's PPM needs more than one value
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, 64, 64)))
-        samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
-                data_samples=samples)
 
 
 @pytest.mark.parametrize('name', SMALL_CONFIGS)

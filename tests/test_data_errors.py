@@ -9,11 +9,8 @@ from mmengine.config import Config
 
 from convnext_mm.data_checks import DataError, check_datasets
 from convnext_mm.demo_data import CLASSES, SEG_CLASSES, make_ade, make_coco
-from tiny_models import one_thread, shrink_cascade  # noqa: F401  (one_thread: a fixture)
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
-UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
+from project import CASCADE_T, ROOT, UPERNET_T
+from tiny_models import shrink_cascade
 SMALL_COCO = {'train': 6, 'val': 3}
 SMALL_ADE = {'training': 4, 'validation': 2}
 

@@ -18,19 +18,15 @@ import pytest
 import torch
 from mmengine.runner import Runner
 
-import mmdet
 from convnext_mm.data_checks import check_datasets
 from convnext_mm.demo import DemoDataHook, demo_config_file
 from convnext_mm.demo_data import CLASSES, MARKER, SEG_CLASSES
 from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, load_config
-from tiny_models import assert_every_path_got_a_gradient, one_thread, record_gradients_on_every_path  # noqa: F401
+from project import CASCADE_T, ROOT, UPERNET_T, config_path, host_tool
+from tiny_models import assert_every_path_got_a_gradient, record_gradients_on_every_path
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
-UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
-CASCADE_DEMO = osp.join(ROOT, 'configs', 'demo', 'cascade_convnext_t_demo.py')
-UPERNET_DEMO = osp.join(ROOT, 'configs', 'demo', 'upernet_convnext_t_demo.py')
-MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
+CASCADE_DEMO = config_path('demo/cascade_convnext_t_demo.py')
+UPERNET_DEMO = config_path('demo/upernet_convnext_t_demo.py')
 
 
 @pytest.fixture(scope='module')
@@ -160,7 +156,7 @@ def test_mmdets_own_tools_train_and_test_the_demo_config_as_ours_do(demo_cwd, tm
     dumped = ours / 'cascade_convnext_t_demo.py'
     assert dumped.is_file()
     hosts = tmp_path / 'mmdet'
-    run([osp.join(MMDET_TOOLS, 'train.py'), str(dumped), '--work-dir', str(hosts)], demo_cwd)
+    run([host_tool('mmdet', 'train'), str(dumped), '--work-dir', str(hosts)], demo_cwd)
     trained = last_metrics(ours)
     assert last_metrics(hosts) == trained
     weights = [torch.load(work_dir / 'epoch_1.pth')['state_dict'] for work_dir in (ours, hosts)]
@@ -169,7 +165,7 @@ def test_mmdets_own_tools_train_and_test_the_demo_config_as_ours_do(demo_cwd, tm
 
     checkpoint = str(hosts / 'epoch_1.pth')
     predictions = {}
-    for name, tool in (('ours', osp.join(ROOT, 'tools', 'test.py')), ('mmdet', osp.join(MMDET_TOOLS, 'test.py'))):
+    for name, tool in (('ours', osp.join(ROOT, 'tools', 'test.py')), ('mmdet', host_tool('mmdet', 'test'))):
         out = tmp_path / f'{name}.pkl'
         run([tool, str(dumped), checkpoint, '--work-dir', str(tmp_path / f'test_{name}'), '--out', str(out)],
             demo_cwd)

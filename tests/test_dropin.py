@@ -3,7 +3,6 @@
 get the official lr scale for every backbone parameter from the host library's own
 LearningRateDecayOptimizerConstructor. Also the families users pair ConvNeXt with (RetinaNet, FCOS, DINO,
 Mask2Former, DeepLabV3+), from mmdet's and mmseg's own configs with our backbone swapped in."""
-import importlib.util
 import math
 import os.path as osp
 
@@ -17,13 +16,15 @@ from convnext_mm import ConvNeXt, runtime
 from convnext_mm.backbone import ARCH_SETTINGS
 from convnext_mm.runtime import build_model
 
-from test_configs import tiny_detection_batch, tiny_segmentation_batch
-from test_layer_decay import SMALL_LAYER_WISE_IDS, TINY_LAYER_WISE_IDS, stage_wise_ids
+from checkpoint_layouts import mmpretrain_layout
+from layer_decay_tables import CONVNEXT_S_LAYER_WISE_IDS, CONVNEXT_T_LAYER_WISE_IDS, stage_wise_ids
+from project import host_file, load_tool
+from tiny_models import randomize, tiny_detection_batch, tiny_segmentation_batch
 
 
 def package_config(library, name):
     """A config file shipped inside the installed mmdet or mmseg package."""
-    return osp.join(osp.dirname(importlib.util.find_spec(library).origin), '.mim', 'configs', name)
+    return host_file(library, 'configs', name)
 
 
 # config -> (arch, decay_type, decay_rate, num_layers, base lr), as the files state them.
@@ -58,11 +59,11 @@ def with_the_two_edits(library, name):
 
 
 def official_ids(arch, decay_type, num_layers):
-    """The official layer id of each backbone parameter-name prefix (the tables of tests/test_layer_decay.py)."""
+    """The official layer id of each backbone parameter-name prefix (tests/layer_decay_tables.py)."""
     if decay_type == 'stage_wise':
         table = stage_wise_ids(num_layers)
     else:
-        table = TINY_LAYER_WISE_IDS if arch == 'tiny' else SMALL_LAYER_WISE_IDS
+        table = CONVNEXT_T_LAYER_WISE_IDS if arch == 'tiny' else CONVNEXT_S_LAYER_WISE_IDS
     return {prefix: layer_id for prefix, layer_id in table.items() if prefix.startswith('backbone.')}
 
 
@@ -124,8 +125,6 @@ def test_shipped_config_with_two_edits_builds_trains_and_decays_officially(libra
 
 def test_shipped_config_loads_its_pretrained_file_with_prefix(tmp_path):
     """mmdet's Mask R-CNN config names an mmpretrain file with prefix='backbone.': every backbone tensor loads."""
-    from test_checkpoint import mmpretrain_layout
-    from tiny_models import randomize
     source = randomize(ConvNeXt(arch='tiny'))
     path = tmp_path / 'convnext-tiny_3rdparty_32xb128-noema_in1k.pth'
     torch.save(mmpretrain_layout(source), path)
@@ -144,7 +143,6 @@ def test_shipped_config_loads_its_pretrained_file_with_prefix(tmp_path):
 def test_train_refuses_decay_settings_that_no_constructor_reads(tmp_path):
     """A user who swaps the host's constructor for mmengine's default keeps paramwise_cfg's decay_rate: every
     layer would silently train at the full learning rate."""
-    from test_tools import load_tool
     train = load_tool('train')
     config = tmp_path / 'my_mask_rcnn.py'  # the shipped config with the two edits, as a user's config inherits it
     config.write_text(
@@ -177,11 +175,11 @@ def test_mmpretrain_arguments_of_the_paper_model_are_accepted():
 
 
 # --------------------------------------------------------------------------- other families, our backbone swapped in
-TINY_DIMS = [96, 192, 384, 768]
+CONVNEXT_T_DIMS = ARCH_SETTINGS['tiny']['dims']
 
 
 def retinanet(cfg):
-    cfg.model.neck.update(in_channels=TINY_DIMS[1:], start_level=0)
+    cfg.model.neck.update(in_channels=CONVNEXT_T_DIMS[1:], start_level=0)
     return (1, 2, 3)
 
 
@@ -189,27 +187,27 @@ def retinanet(cfg):
 # returns the backbone's out_indices. Counts the test image cannot feed shrink: a 64x64 image has 85 DINO tokens
 # (900 queries) and 4096 pixels (12544 Mask2Former points).
 def dino(cfg):
-    cfg.model.neck.in_channels = TINY_DIMS[1:]
+    cfg.model.neck.in_channels = CONVNEXT_T_DIMS[1:]
     cfg.model.num_queries = 30
     return (1, 2, 3)
 
 
 def mask2former_det(cfg):
-    cfg.model.panoptic_head.in_channels = TINY_DIMS
+    cfg.model.panoptic_head.in_channels = CONVNEXT_T_DIMS
     cfg.model.data_preprocessor.batch_augments = None  # it pads every image to 1024x1024
     cfg.model.train_cfg.num_points = 1024
     return (0, 1, 2, 3)
 
 
 def mask2former_seg(cfg):
-    cfg.model.decode_head.in_channels = TINY_DIMS
+    cfg.model.decode_head.in_channels = CONVNEXT_T_DIMS
     cfg.model.decode_head.train_cfg.num_points = 1024
     return (0, 1, 2, 3)
 
 
 def deeplabv3plus(cfg):
-    cfg.model.decode_head.update(in_channels=TINY_DIMS[3], c1_in_channels=TINY_DIMS[0])
-    cfg.model.auxiliary_head.in_channels = TINY_DIMS[2]
+    cfg.model.decode_head.update(in_channels=CONVNEXT_T_DIMS[3], c1_in_channels=CONVNEXT_T_DIMS[0])
+    cfg.model.auxiliary_head.in_channels = CONVNEXT_T_DIMS[2]
     return (0, 1, 2, 3)
 
 

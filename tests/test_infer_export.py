@@ -6,7 +6,6 @@ The paper's Cascade Mask R-CNN and UperNet configs, shrunk (tests/tiny_models.py
 heads, small images; random weights saved as a checkpoint of tools/train.py would be (state_dict and the
 classes in meta.dataset_meta), with ``randomize`` where numerics are compared (a fresh model's 1e-6 layer scale
 would hide each block's branch)."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -17,21 +16,12 @@ import pytest
 import torch
 
 from convnext_mm.runtime import build_model, load_config
-from tiny_models import one_thread, randomize, shrink_cascade, shrink_upernet  # noqa: F401  (one_thread: a fixture)
+from project import CASCADE_T, UPERNET_T, load_tool
+from tiny_models import randomize, shrink_cascade, shrink_upernet
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
-UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
 DET_CLASSES = ('cat', 'dog', 'bird')
 SEG_CLASSES = ('sky', 'road', 'tree', 'car')
 IMAGE_SHAPES = [(64, 80), (72, 64), (64, 64)]  # (height, width): outputs keep each image's own size
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def with_test_resize(cfg, scale):

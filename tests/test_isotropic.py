@@ -4,9 +4,7 @@ The reference below transcribes the official release's models/convnext_isotropic
 of models/convnext.py) in plain PyTorch; the backbone under test is checked against it, not against itself.
 """
 import math
-import os.path as osp
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -17,8 +15,9 @@ from convnext_mm import ConvNeXtIsotropic, SimpleFeaturePyramid
 from convnext_mm import runtime
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.runtime import build_model, load_config
+from project import config_path
+from tiny_models import tiny_detection_batch, tiny_segmentation_batch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # The paper's "Isotropic ConvNeXt vs. ViT" table: arch -> (depth, width, params in M, GFLOPs at 224).
 PAPER = {'small': (18, 384, 22, 4.3), 'base': (18, 768, 87, 16.9), 'large': (36, 1024, 306, 59.7)}
 DETECTION_CONFIGS = ['mask_rcnn/convnext_iso_s_lsj_100e.py', 'mask_rcnn/convnext_iso_b_lsj_100e.py']
@@ -353,38 +352,6 @@ def test_mmdet_own_decay_constructor_puts_the_whole_isotropic_backbone_on_top():
 
 # ---- Configs ----
 
-def tiny_detection_batch():
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.bbox import HorizontalBoxes
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-    samples = []
-    for boxes in ([[10, 8, 50, 40], [20, 30, 44, 60]], [[4, 4, 30, 28]]):
-        masks = np.zeros((len(boxes), 64, 64), np.uint8)
-        for mask, (x1, y1, x2, y2) in zip(masks, boxes):
-            mask[y1:y2, x1:x2] = 1
-        sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1.0, 1.0)))
-        sample.gt_instances = InstanceData(
-            bboxes=HorizontalBoxes(torch.tensor(boxes, dtype=torch.float32)),
-            labels=torch.tensor([3, 17][:len(boxes)]),
-            masks=BitmapMasks(masks, 64, 64))
-        samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
-                data_samples=samples)
-
-
-def tiny_segmentation_batch():
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    samples = []
-    for _ in range(2):  # two images: BN over the 1x1 pooled map of UperNet's PPM needs more than one value
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, 64, 64)))
-        samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
-                data_samples=samples)
-
-
 def shrink(cfg, depth, dim):
     """The config's model with a tiny random backbone (no file read), its neck and heads fitted to it."""
     backbone = cfg.model.backbone
@@ -407,7 +374,7 @@ def shrink(cfg, depth, dim):
 def test_config_trains_a_step_on_the_cpu_with_gradients_reaching_the_stem(name, monkeypatch):
     monkeypatch.setattr(runtime, 'cuda_available', lambda: False)
     torch.manual_seed(0)
-    cfg = load_config(osp.join(ROOT, 'configs', name))
+    cfg = load_config(config_path(name))
     assert cfg.model.backbone.type == 'ConvNeXtIsotropic'
     assert cfg.custom_imports == dict(imports=['convnext_mm'], allow_failed_imports=False)
     assert cfg.model.backbone.init_cfg.checkpoint.startswith('data/pretrained/convnext_iso_')
@@ -419,7 +386,7 @@ def test_config_trains_a_step_on_the_cpu_with_gradients_reaching_the_stem(name, 
         assert cfg.model.neck.backbone_channel == PAPER[cfg.model.backbone.arch][1]
         # The Runner needs all three of val_dataloader, val_evaluator and val_cfg (mmdet's schedules give the loops).
         assert (cfg.train_cfg.type, cfg.val_cfg.type, cfg.test_cfg.type) == ('IterBasedTrainLoop', 'ValLoop', 'TestLoop')
-        batch = tiny_detection_batch()
+        batch = tiny_detection_batch(num_images=2)
         depth, dim = 2, 32
     else:
         assert cfg.model.neck.type == 'MultiLevelNeck' and cfg.model.neck.scales == [4, 2, 1, 0.5]

@@ -1,6 +1,7 @@
 """Mixed-precision inference (convnext_mm/mixed_precision.py; tools/test.py and tools/benchmark.py --amp, a config's
 test_cfg.fp16, tools/infer.py --bf16): the layers run in bfloat16 on the CPU, mmcv's NMS and RoIAlign and all
 post-processing in float32, also inside mmengine's own autocast; results close to float32's; clear errors."""
+import os.path as osp
 import sys
 
 import pytest
@@ -10,8 +11,10 @@ from mmengine.runner.amp import autocast
 
 from convnext_mm.mixed_precision import UnsupportedModelError, autocast_network
 from convnext_mm.runtime import build_model
-from tiny_models import shrink_cascade, shrink_upernet
-from test_tools import CASCADE_T, UPERNET_T, load_tool
+from metrics_recomputed import coco_metrics
+from project import CASCADE_T, ROOT, UPERNET_T, load_tool, run_script, scalars
+from tiny_data import write_ade, write_coco
+from tiny_models import TINY_CASCADE_CONFIG, TINY_UPERNET_CONFIG, shrink_cascade, shrink_upernet
 
 IMAGE = (96, 128)  # height, width
 
@@ -166,9 +169,8 @@ def test_test_tool_with_a_config_fp16_evaluates_the_detector(tmp_path):
     """A config's test_cfg.fp16=True (mmengine's TestLoop switch, which alone fails in mmcv's NMS) evaluates the
     tiny detector through autocast_network: float32 boxes, close to float32's own."""
     from mmdet.structures.bbox import bbox_overlaps
-    from test_tools import TINY_CASCADE, write_tiny_coco
-    data = write_tiny_coco(str(tmp_path / 'coco'), num_images=2)
-    predictions = run_test_tool(tmp_path, TINY_CASCADE.format(base=CASCADE_T), data, [], ['test_cfg.fp16=True'],
+    data = write_coco(str(tmp_path / 'coco'), num_images=2)
+    predictions = run_test_tool(tmp_path, TINY_CASCADE_CONFIG.format(base=CASCADE_T), data, [], ['test_cfg.fp16=True'],
                                 'predictions.pkl')
     assert len(predictions['amp']) == len(predictions['fp32']) == 2
     for result, expected in zip(predictions['amp'], predictions['fp32']):
@@ -183,8 +185,7 @@ def test_test_tool_with_a_config_fp16_evaluates_the_detector(tmp_path):
 
 def test_test_tool_amp_evaluates_the_segmentor(tmp_path):
     """tools/test.py --amp: the tiny segmentor's label maps agree with float32's."""
-    from test_tools import TINY_UPERNET, write_tiny_ade
-    label_maps = run_test_tool(tmp_path, TINY_UPERNET.format(base=UPERNET_T), write_tiny_ade(str(tmp_path / 'ade')),
+    label_maps = run_test_tool(tmp_path, TINY_UPERNET_CONFIG.format(base=UPERNET_T), write_ade(str(tmp_path / 'ade')),
                                ['--amp'], [], 'maps')
     assert label_maps['fp32'] and label_maps['amp'].keys() == label_maps['fp32'].keys()
     for image, labels in label_maps['fp32'].items():
@@ -237,11 +238,15 @@ def test_benchmark_amp_profile_parts_add_up_to_the_step(capsys):
 def test_train_tool_validates_a_detector_with_a_config_val_fp16(tmp_path):
     """A config's val_cfg.fp16=True (mmengine's ValLoop switch, which alone runs mmcv's CPU NMS in bfloat16 and
     stops there) validates the tiny detector during tools/train.py: the layers in bfloat16 through
-    autocast_network, COCO metrics at the end of the epoch."""
-    from test_tools import ROOT, TINY_CASCADE, run_script, scalars, write_tiny_coco
-    data = write_tiny_coco(str(tmp_path / 'coco'), num_images=2)
+    autocast_network, COCO metrics at the end of the epoch: those of the predictions it made (dumped beside)."""
+    from mmdet.datasets import CocoDataset
+    data = write_coco(str(tmp_path / 'coco'), num_images=2)
     config = tmp_path / 'config.py'
-    config.write_text(TINY_CASCADE.format(base=CASCADE_T))
+    dumped = tmp_path / 'val_predictions.pkl'
+    config.write_text(TINY_CASCADE_CONFIG.format(base=CASCADE_T) + f"""
+val_evaluator = [dict(type='CocoMetric', ann_file='data/coco/annotations/instances_val2017.json', metric=['bbox', 'segm']),
+                 dict(type='DumpDetResults', out_file_path={str(dumped)!r})]
+""")
     work_dir = tmp_path / 'work'
     # In its own process: mmengine keeps loggers and visualizers as process-wide instances.
     train = run_script([sys.executable, f'{ROOT}/tools/train.py', str(config), '--work-dir', str(work_dir),
@@ -249,7 +254,9 @@ def test_train_tool_validates_a_detector_with_a_config_val_fp16(tmp_path):
     assert train.returncode == 0, train.stderr[-3000:]
     assert "val_cfg.fp16: the layers under mmengine's autocast" in train.stdout + train.stderr
     (metrics, ) = [record for record in scalars(work_dir) if 'coco/bbox_mAP' in record]
-    assert 0 <= metrics['coco/bbox_mAP'] <= 1 and 0 <= metrics['coco/segm_mAP'] <= 1
+    expected = coco_metrics(dumped, osp.join(data, 'annotations', 'instances_val2017.json'),
+                            CocoDataset.METAINFO['classes'])
+    assert {key: metrics[key] for key in expected} == expected
 
 
 def test_autocast_network_hook_applies_where_the_loop_sets_fp16():

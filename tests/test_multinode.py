@@ -12,7 +12,6 @@ runs beside a bare process that joins the group and goes silent.
 import os
 import os.path as osp
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,11 +22,8 @@ from mmengine.config import Config
 
 import convnext_mm  # noqa: F401  registers the safe globals for torch.load
 from convnext_mm.demo_data import CLASSES, make_coco
+from project import CASCADE_T, ROOT, TESTS, free_port
 from tiny_models import read_coco_data, shrink_cascade
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TESTS = osp.join(ROOT, 'tests')
-CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
 # The longest a launch of the two nodes may take (about 15 s, starting included, on 2 busy cores).
 NODE_TIMEOUT = 240
 # The longest the surviving node may take to end once its peer is dead (about 2 s; without an end, gloo's
@@ -49,12 +45,6 @@ def tiny_cascade(data_root, path, sigkill=None):
         cfg.custom_hooks = [*cfg.custom_hooks, dict(type='SigkillHook', **sigkill)]
     cfg.dump(path)
     return path
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 class Node:

@@ -4,7 +4,6 @@ backbone is in the model zoos' layout (mmpretrain's block names), the official r
 by mmengine's ``load_checkpoint``, torch's ``load_state_dict``, ``init_detector`` / ``init_model``, the Inferencers
 and mmdet's and mmseg's own ``tools/test.py``: every backbone tensor loaded, the predictions and metric the
 original's; a file of another size stops with an error that names both sizes and the fix."""
-import json
 import logging
 import os
 import os.path as osp
@@ -13,7 +12,6 @@ import re
 import subprocess
 import sys
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -24,18 +22,12 @@ from mmengine.runner import load_checkpoint
 from convnext_mm import ConvNeXt
 from convnext_mm.checkpoint import CheckpointError
 
-from tiny_models import shrink_cascade
+from checkpoint_layouts import timm_layout, whole_model_in_layout
+from project import CASCADE_T, ROOT, UPERNET_T, host_tool
+from tiny_data import write_ade, write_coco
+from tiny_models import ATTO_ARCH, randomize_whole_model, shrink_cascade, shrink_upernet
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
-UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
-IMAGE_SIZE = 64
-ATTO = dict(depths=[2, 2, 6, 2], dims=[40, 80, 160, 320])
 DETECTION_CLASSES = ('square', 'bar', 'blob')
-
-# The model zoos' ConvNeXt detectors and segmentors were trained with mmpretrain's ConvNeXt: only these three
-# block names differ from the official ones (mmdet's and mmseg's published checkpoints).
-MODEL_ZOO_NAMES = {'.dwconv.': '.depthwise_conv.', '.pwconv1.': '.pointwise_conv1.', '.pwconv2.': '.pointwise_conv2.'}
 
 DETECTION_DATA = dict(
     test_pipeline=[
@@ -64,88 +56,25 @@ def tiny_cascade_config(path, data_root):
     return str(path)
 
 
-TINY_UPERNET = '''
-_base_ = {base!r}
-data_root = {data_root!r}
-crop_size = (64, 64)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch='atto', init_cfg=None),
-    decode_head=dict(in_channels=[40, 80, 160, 320], channels=32),
-    auxiliary_head=dict(in_channels=160, channels=16),
-    test_cfg=dict(mode='whole'))
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=crop_size, keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-val_dataloader = dict(
-    batch_size=1, num_workers=0, persistent_workers=False,
-    dataset=dict(data_root=data_root, data_prefix=dict(img_path='images/validation',
-                 seg_map_path='annotations/validation'), pipeline=test_pipeline))
-test_dataloader = val_dataloader
-optim_wrapper = dict(type='OptimWrapper')
-'''
-
-
-def write_coco(root, num_images=3):
-    """COCO-format instances of a few 64x64 images, each with one bright rectangle of one of three classes."""
-    rng = np.random.default_rng(0)
-    os.makedirs(osp.join(root, 'val'), exist_ok=True)
-    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
-    images, annotations = [], []
-    for i in range(num_images):
-        image = rng.integers(0, 80, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        x, y = (int(v) for v in rng.integers(4, 24, 2))
-        w, h = (int(v) for v in rng.integers(16, 36, 2))
-        image[y:y + h, x:x + w] = 230
-        cv2.imwrite(osp.join(root, 'val', f'{i}.jpg'), image)
-        images.append(dict(id=i + 1, file_name=f'{i}.jpg', height=IMAGE_SIZE, width=IMAGE_SIZE))
-        annotations.append(dict(id=i + 1, image_id=i + 1, category_id=1 + i % 3, bbox=[x, y, w, h], area=w * h,
-                                iscrowd=0, segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
-    categories = [dict(id=i + 1, name=name) for i, name in enumerate(DETECTION_CLASSES)]
-    with open(osp.join(root, 'annotations', 'instances_val.json'), 'w') as f:
-        json.dump(dict(info={}, licenses=[], images=images, annotations=annotations, categories=categories), f)
-    return root
-
-
-def write_ade(root, num_images=2):
-    """ADE20K-format 64x64 images with label maps of a few of the 150 classes."""
-    rng = np.random.default_rng(0)
-    for folder in ('images', 'annotations'):
-        os.makedirs(osp.join(root, folder, 'validation'), exist_ok=True)
-    for i in range(num_images):
-        labels = np.ones((IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-        labels[16:48, 8:40] = 2 + i
-        image = (labels[..., None] * 60 + rng.integers(0, 30, (IMAGE_SIZE, IMAGE_SIZE, 3))).astype(np.uint8)
-        cv2.imwrite(osp.join(root, 'images', 'validation', f'ADE_{i}.jpg'), image)
-        cv2.imwrite(osp.join(root, 'annotations', 'validation', f'ADE_{i}.png'), labels)
-    return root
-
-
-def randomized(model, seed=0):
-    """Every parameter and buffer of ``model`` non-trivial (as after training), so that a tensor left at its
-    init is seen: a fresh ConvNeXt's 1e-6 layer scale would hide each block."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point():
-                noise = torch.randn(tensor.shape, generator=generator) * 0.1
-                tensor.copy_(noise.abs() + 0.5 if name.endswith('running_var') else
-                             noise + (1.0 if tensor.dim() == 1 and name.endswith('weight') else 0.0))
-    return model
+def tiny_upernet_config(path, data_root):
+    """The paper's UperNet T config shrunk (atto backbone, 32-channel heads) on ``data_root``'s validation
+    images, ADE20K's 150 classes, written to ``path``."""
+    cfg = shrink_upernet(Config.fromfile(UPERNET_T), num_classes=150)
+    loader = cfg.val_dataloader
+    loader.update(batch_size=1, num_workers=0, persistent_workers=False)
+    loader.dataset.update(data_root=data_root, pipeline=[
+        dict(type='LoadImageFromFile'), dict(type='Resize', scale=(64, 64), keep_ratio=True),
+        dict(type='LoadAnnotations', reduce_zero_label=True), dict(type='PackSegInputs')])
+    cfg.test_dataloader = loader
+    cfg.optim_wrapper.type = 'OptimWrapper'
+    cfg.dump(str(path))
+    return str(path)
 
 
 def model_zoo_layout(state_dict):
-    """A whole model's state dict with its backbone's blocks under mmpretrain's names, as the model zoos publish."""
-    out = {}
-    for key, value in state_dict.items():
-        if key.startswith('backbone.'):
-            for ours, theirs in MODEL_ZOO_NAMES.items():
-                key = key.replace(ours, theirs)
-        out[key] = value
-    return out
+    """A whole model's state dict with its backbone's blocks under mmpretrain's names, as the model zoos publish
+    (the model zoos' ConvNeXt detectors and segmentors were trained with mmpretrain's ConvNeXt)."""
+    return whole_model_in_layout(state_dict, 'mmpretrain')
 
 
 def save_trained(path, model, classes, layout=lambda state: state):
@@ -172,10 +101,10 @@ def detection(tmp_path_factory):
     """(config path, original model, its checkpoint, the same in the model zoos' layout) of a tiny Cascade Mask
     R-CNN with every weight non-trivial."""
     root = tmp_path_factory.mktemp('released_det')
-    data_root = write_coco(str(root / 'coco'))
+    data_root = write_coco(str(root / 'coco'), splits=('val', ), classes=DETECTION_CLASSES, num_images=3)
     config = tiny_cascade_config(root / 'tiny_cascade.py', data_root)
     from mmdet.apis import init_detector
-    model = randomized(init_detector(str(config), device='cpu'))
+    model = randomize_whole_model(init_detector(str(config), device='cpu'))
     original = save_trained(root / 'original.pth', model, DETECTION_CLASSES)
     zoo = save_trained(root / 'model_zoo_layout.pth', model, DETECTION_CLASSES, model_zoo_layout)
     return config, model, original, zoo
@@ -184,11 +113,9 @@ def detection(tmp_path_factory):
 @pytest.fixture(scope='module')
 def segmentation(tmp_path_factory):
     root = tmp_path_factory.mktemp('released_seg')
-    data_root = write_ade(str(root / 'ade'))
-    config = root / 'tiny_upernet.py'
-    config.write_text(TINY_UPERNET.format(base=UPERNET_T, data_root=data_root))
+    config = tiny_upernet_config(root / 'tiny_upernet.py', write_ade(str(root / 'ade'), splits=('validation', )))
     from mmseg.apis import init_model
-    model = randomized(init_model(str(config), device='cpu'))
+    model = randomize_whole_model(init_model(str(config), device='cpu'))
     from mmseg.utils import get_classes
     classes = tuple(get_classes('ade20k'))
     original = save_trained(root / 'original.pth', model, classes)
@@ -214,18 +141,12 @@ def test_mmengine_load_checkpoint_fills_the_backbone_from_the_model_zoo_layout(d
     assert torch.equal(model.roi_head.bbox_head[2].fc_cls.weight, source.roi_head.bbox_head[2].fc_cls.weight)
 
 
-def timm_names(state):
+def convnext_mm_0_1_layout(state_dict):
     """convnext_mm 0.1 saved its backbone under timm's module names."""
-    out = {}
-    for key, value in state.items():
-        key = re.sub(r'^backbone\.downsample_layers\.0\.', 'backbone.stem.', key)
-        key = re.sub(r'^backbone\.downsample_layers\.(\d)\.', r'backbone.stages.\1.downsample.', key)
-        key = re.sub(r'^backbone\.stages\.(\d)\.(\d+)\.', r'backbone.stages.\1.blocks.\2.', key)
-        out[key] = value
-    return out
+    return whole_model_in_layout(state_dict, 'convnext_mm 0.1')
 
 
-@pytest.mark.parametrize('layout', [model_zoo_layout, timm_names, lambda state: state],
+@pytest.mark.parametrize('layout', [model_zoo_layout, convnext_mm_0_1_layout, lambda state: state],
                          ids=['model_zoo', 'convnext_mm_0.1', 'official'])
 @pytest.mark.parametrize('loader', ['init_detector', 'torch_strict', 'det_inferencer'])
 def test_every_host_loader_fills_the_backbone(detection, tmp_path, layout, loader):
@@ -260,11 +181,6 @@ def test_init_detector_on_the_model_zoo_file_predicts_as_the_original(detection)
     assert expected[0].numel() > 0
     for a, b in zip(expected, got):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def host_tool(library, name):
-    import importlib.util
-    return osp.join(osp.dirname(importlib.util.find_spec(library).origin), '.mim', 'tools', f'{name}.py')
 
 
 def run_host_test(library, config, checkpoint, work_dir, *extra):
@@ -407,7 +323,7 @@ def test_matching_consumers_run_and_the_check_is_gone_after_the_first_call():
     init_default_scope('mmdet')
     cfg = Config.fromfile(CASCADE_T)
     cfg.model.backbone.update(arch='atto', init_cfg=None)
-    cfg.model.neck.in_channels = ATTO['dims']
+    cfg.model.neck.in_channels = ATTO_ARCH['dims']
     model = MODELS.build(cfg.model).eval()
     with torch.no_grad():
         model.extract_feat(torch.randn(1, 3, 64, 64))
@@ -421,15 +337,15 @@ def transformers_backbone(version):
     implementation of the paper's model to compare outputs with."""
     transformers = pytest.importorskip('transformers')
     if version == 'v1':
-        config = transformers.ConvNextConfig(depths=ATTO['depths'], hidden_sizes=ATTO['dims'],
+        config = transformers.ConvNextConfig(depths=ATTO_ARCH['depths'], hidden_sizes=ATTO_ARCH['dims'],
                                              layer_scale_init_value=1e-6,
                                              out_features=['stage1', 'stage2', 'stage3', 'stage4'])
         model = transformers.ConvNextBackbone(config)
     else:
-        config = transformers.ConvNextV2Config(depths=ATTO['depths'], hidden_sizes=ATTO['dims'],
+        config = transformers.ConvNextV2Config(depths=ATTO_ARCH['depths'], hidden_sizes=ATTO_ARCH['dims'],
                                                out_features=['stage1', 'stage2', 'stage3', 'stage4'])
         model = transformers.ConvNextV2Backbone(config)
-    return randomized(model).eval()
+    return randomize_whole_model(model).eval()
 
 
 @pytest.mark.parametrize('version', ['v1', 'v2'])
@@ -443,7 +359,7 @@ def test_transformers_files_load_and_give_transformers_outputs(tmp_path, version
         assert keys['encoder.stages.0.layers.0.grn.weight'].shape == (1, 1, 1, 160)
     else:
         assert 'encoder.stages.1.layers.0.layer_scale_parameter' in keys
-    model = ConvNeXt(arch=ATTO, use_grn=version == 'v2',
+    model = ConvNeXt(arch=ATTO_ARCH, use_grn=version == 'v2',
                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'model.safetensors')))
     model.init_weights()
     x = torch.randn(2, 3, 64, 96)
@@ -456,10 +372,10 @@ def test_transformers_files_load_and_give_transformers_outputs(tmp_path, version
 
 def test_transformers_classifier_file_loads_its_backbone(tmp_path):
     transformers = pytest.importorskip('transformers')
-    config = transformers.ConvNextConfig(depths=ATTO['depths'], hidden_sizes=ATTO['dims'], num_labels=10)
-    classifier = randomized(transformers.ConvNextForImageClassification(config))
+    config = transformers.ConvNextConfig(depths=ATTO_ARCH['depths'], hidden_sizes=ATTO_ARCH['dims'], num_labels=10)
+    classifier = randomize_whole_model(transformers.ConvNextForImageClassification(config))
     classifier.save_pretrained(tmp_path)
-    model = ConvNeXt(arch=ATTO, out_indices=(3, ),
+    model = ConvNeXt(arch=ATTO_ARCH, out_indices=(3, ),
                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'model.safetensors')))
     model.init_weights()
     state = classifier.state_dict()
@@ -468,40 +384,23 @@ def test_transformers_classifier_file_loads_its_backbone(tmp_path):
                                state['convnext.encoder.stages.3.layers.1.layer_scale_parameter'])
 
 
-TIMM_BLOCK = {'dwconv': 'conv_dw', 'norm': 'norm', 'pwconv1': 'mlp.fc1', 'pwconv2': 'mlp.fc2', 'gamma': 'gamma'}
-
-
 def timm_safetensors(path, source):
     """A timm ``model.safetensors`` (``stem``, ``stages.S.downsample``, ``stages.S.blocks.B.{conv_dw,mlp.fc1,...}``,
     ``head``), written with safetensors' own ``save_file``."""
     from safetensors.torch import save_file
-    out = {}
-    for key, value in source.state_dict().items():
-        if key.startswith('norm'):
-            continue
-        parts = key.split('.')
-        if parts[0] == 'downsample_layers':
-            name = f'stem.{".".join(parts[2:])}' if parts[1] == '0' else \
-                f'stages.{parts[1]}.downsample.{".".join(parts[2:])}'
-        else:
-            module = TIMM_BLOCK[parts[3]]
-            name = f'stages.{parts[1]}.blocks.{parts[2]}.{module}' + (f'.{parts[4]}' if len(parts) > 4 else '')
-        out[name] = value.contiguous()
-    out['head.norm.weight'], out['head.norm.bias'] = torch.ones(320), torch.zeros(320)
-    out['head.fc.weight'], out['head.fc.bias'] = torch.randn(5, 320), torch.zeros(5)
-    save_file(out, str(path))
+    save_file({key: value.contiguous() for key, value in timm_layout(source).items()}, str(path))
     return str(path)
 
 
 def test_timm_safetensors_loads_through_init_cfg_and_mmengine(tmp_path):
-    source = randomized(ConvNeXt(arch=ATTO)).eval()
+    source = randomize_whole_model(ConvNeXt(arch=ATTO_ARCH)).eval()
     path = timm_safetensors(tmp_path / 'model.safetensors', source)
-    model = ConvNeXt(arch=ATTO, init_cfg=dict(type='Pretrained', checkpoint=path))
+    model = ConvNeXt(arch=ATTO_ARCH, init_cfg=dict(type='Pretrained', checkpoint=path))
     model.init_weights()
     loaded = {k: v for k, v in model.state_dict().items() if not k.startswith('norm')}
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in loaded.items())
     # mmengine's load_checkpoint (what load_from calls) reads the .safetensors file too.
-    other = ConvNeXt(arch=ATTO)
+    other = ConvNeXt(arch=ATTO_ARCH)
     load_checkpoint(other, path, map_location='cpu')
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in other.state_dict().items()
                if not k.startswith('norm'))
@@ -524,27 +423,27 @@ def test_hf_hub_names_resolve_through_the_cache_and_offline_says_where_to_put_th
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_CACHE', cache)
     monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(CheckpointError) as error:
-        ConvNeXt(arch=ATTO, init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/convnext_atto.d2_in1k')
+        ConvNeXt(arch=ATTO_ARCH, init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/convnext_atto.d2_in1k')
                  ).init_weights()
     message = str(error.value)
     assert 'hf download timm/convnext_atto.d2_in1k model.safetensors' in message
     assert osp.join(cache, 'models--timm--convnext_atto.d2_in1k') in message
-    source = randomized(ConvNeXt(arch=ATTO)).eval()
+    source = randomize_whole_model(ConvNeXt(arch=ATTO_ARCH)).eval()
     write_hub_cache(cache, 'timm/convnext_atto.d2_in1k', timm_safetensors(tmp_path / 'model.safetensors', source))
-    model = ConvNeXt(arch=ATTO, init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/convnext_atto.d2_in1k'))
+    model = ConvNeXt(arch=ATTO_ARCH, init_cfg=dict(type='Pretrained', checkpoint='hf-hub:timm/convnext_atto.d2_in1k'))
     model.init_weights()
     assert torch.equal(model.stages[2][3].pwconv2.weight, source.stages[2][3].pwconv2.weight)
-    other = ConvNeXt(arch=ATTO)
+    other = ConvNeXt(arch=ATTO_ARCH)
     load_checkpoint(other, 'hf-hub:timm/convnext_atto.d2_in1k', map_location='cpu')  # mmengine's load_from
     assert torch.equal(other.downsample_layers[0][0].weight, source.downsample_layers[0][0].weight)
 
 
 def test_a_corrupt_safetensors_file_is_named(tmp_path):
-    source = randomized(ConvNeXt(arch=ATTO))
+    source = randomize_whole_model(ConvNeXt(arch=ATTO_ARCH))
     path = timm_safetensors(tmp_path / 'model.safetensors', source)
     with open(path, 'rb') as f:
         data = f.read()
     with open(path, 'wb') as f:
         f.write(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match='could not be read .* truncated or corrupt'):
-        ConvNeXt(arch=ATTO, init_cfg=dict(type='Pretrained', checkpoint=path)).init_weights()
+        ConvNeXt(arch=ATTO_ARCH, init_cfg=dict(type='Pretrained', checkpoint=path)).init_weights()

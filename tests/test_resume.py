@@ -24,12 +24,8 @@ from mmengine.config import Config
 
 import convnext_mm  # noqa: F401  registers the safe globals for torch.load
 from convnext_mm.demo_data import CLASSES, SEG_CLASSES, make_ade, make_coco
+from project import CASCADE_T, ROOT, TESTS, UPERNET_T
 from tiny_models import read_coco_data, shrink_cascade, shrink_upernet
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TESTS = osp.join(ROOT, 'tests')
-CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
-UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
 
 
 def tiny_cascade(data_root):

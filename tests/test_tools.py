@@ -3,15 +3,12 @@
 segmentation training and TTA test, tools/slurm_train.sh through a stand-in srun, tools/test.py --demo, get_flops
 against the README, benchmark, benchmark_backbone's helpers, convert_checkpoint, the command-line errors, and the
 CPU adaptations of the configs."""
-import importlib.util
 import json
 import math
 import os
 import os.path as osp
 import pickle
 import re
-import socket
-import subprocess
 import sys
 
 import cv2
@@ -19,155 +16,18 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoint_layouts
 from convnext_mm import ConvNeXt, runtime
 from convnext_mm.runtime import load_config
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
-UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
-MASK_RCNN_T = osp.join(ROOT, 'configs', 'mask_rcnn', 'convnext_t_3x.py')
-IMAGE_SIZE = 64
-
-# The paper's cascade T config shrunk for a CPU test: an atto backbone without pre-trained weights, 64x64 images
-# kept at their size, few proposals, no validation during training.
-TINY_CASCADE = '''
-_base_ = {base!r}
-model = dict(
-    backbone=dict(arch='atto', drop_path_rate=0.1, init_cfg=None),
-    neck=dict(in_channels=[40, 80, 160, 320]),
-    train_cfg=dict(rpn_proposal=dict(max_per_img=8)),
-    test_cfg=dict(rpn=dict(max_per_img=8), rcnn=dict(score_thr=0.0)))  # untrained: keep every box to evaluate
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(64, 64), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(64, 64), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
-train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_epochs=1, val_begin=2)  # no validation: the test evaluates with tools/test.py
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(save_optimizer=False))
-randomness = dict(seed=0)
-'''
-
-# The paper's UperNet T config shrunk alike: atto backbone, narrow heads, 64x64 crops and windows.
-TINY_UPERNET = '''
-_base_ = {base!r}
-crop_size = (64, 64)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(arch='atto', init_cfg=None),
-    decode_head=dict(in_channels=[40, 80, 160, 320], channels=32),
-    auxiliary_head=dict(in_channels=160, channels=16),
-    test_cfg=dict(crop_size=crop_size, stride=(43, 43)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomCrop', crop_size=crop_size),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [  # at the images' size: the config's resize to 2048x512 would slide 121 windows over each
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=crop_size, keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
-val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
-test_dataloader = val_dataloader
-train_cfg = dict(max_iters=2, val_begin=3)
-default_hooks = dict(logger=dict(interval=1))
-randomness = dict(seed=0)
-'''
-
-
-def load_tool(name):
-    """tools/NAME.py as a module, to run its main() in this process (no interpreter start-up per test)."""
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run_script(args, **env):
-    """Run a shell script of tools/ with this interpreter's environment first on PATH."""
-    environment = dict(os.environ, PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
-    environment.update(env)
-    return subprocess.run(args, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def write_tiny_coco(root, num_images=4):
-    """COCO-format instances (mmdet's layout) of a few 64x64 images, each with one bright rectangle."""
-    from mmdet.datasets import CocoDataset
-    rng = np.random.default_rng(0)
-    categories = [dict(id=i + 1, name=name) for i, name in enumerate(CocoDataset.METAINFO['classes'])]
-    for split in ('train2017', 'val2017'):
-        os.makedirs(osp.join(root, split), exist_ok=True)
-        images, annotations = [], []
-        for i in range(num_images):
-            image = rng.integers(0, 80, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-            x, y = (int(v) for v in rng.integers(4, 24, 2))
-            w, h = (int(v) for v in rng.integers(16, 36, 2))
-            image[y:y + h, x:x + w] = 230
-            cv2.imwrite(osp.join(root, split, f'{i}.jpg'), image)
-            images.append(dict(id=i + 1, file_name=f'{i}.jpg', height=IMAGE_SIZE, width=IMAGE_SIZE))
-            annotations.append(
-                dict(id=i + 1, image_id=i + 1, category_id=1 + i % 3, bbox=[x, y, w, h], area=w * h, iscrowd=0,
-                     segmentation=[[x, y, x + w, y, x + w, y + h, x, y + h]]))
-        os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
-        with open(osp.join(root, 'annotations', f'instances_{split}.json'), 'w') as f:
-            # pycocotools 2.0.10 copies 'info' into its result sets: a file without it fails evaluation.
-            json.dump(dict(info={}, licenses=[], images=images, annotations=annotations, categories=categories), f)
-    return root
-
-
-def write_tiny_ade(root, num_images=2):
-    """ADE20K-format (mmseg's layout) 64x64 images with label maps of a few of the 150 classes."""
-    rng = np.random.default_rng(0)
-    for split in ('training', 'validation'):
-        os.makedirs(osp.join(root, 'images', split), exist_ok=True)
-        os.makedirs(osp.join(root, 'annotations', split), exist_ok=True)
-        for i in range(num_images):
-            labels = np.ones((IMAGE_SIZE, IMAGE_SIZE), np.uint8)  # 1..150 are classes, 0 is ignored
-            labels[16:48, 8:40] = 2 + i
-            image = (labels[..., None] * 60 + rng.integers(0, 30, (IMAGE_SIZE, IMAGE_SIZE, 3))).astype(np.uint8)
-            cv2.imwrite(osp.join(root, 'images', split, f'ADE_{i}.jpg'), image)
-            cv2.imwrite(osp.join(root, 'annotations', split, f'ADE_{i}.png'), labels)
-    return root
-
-
-@pytest.fixture(scope='module')
-def tiny_coco(tmp_path_factory):
-    return write_tiny_coco(str(tmp_path_factory.mktemp('coco')))
-
-
-def scalars(work_dir):
-    """The training log records (mmengine's vis_data/scalars.json) under a work dir."""
-    records = []
-    for directory, _, files in os.walk(work_dir):
-        if 'scalars.json' in files:
-            with open(osp.join(directory, 'scalars.json')) as f:
-                records += [json.loads(line) for line in f if line.strip()]
-    return records
+from metrics_recomputed import coco_metrics, segmentation_metrics
+from project import CASCADE_T, MASK_RCNN_T, ROOT, UPERNET_T, free_port, load_tool, run_script, scalars
+from tiny_data import write_ade
+from tiny_models import TINY_CASCADE_CONFIG, TINY_UPERNET_CONFIG
 
 
 def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
     config = tmp_path / 'tiny_cascade.py'
-    config.write_text(TINY_CASCADE.format(base=CASCADE_T))
+    config.write_text(TINY_CASCADE_CONFIG.format(base=CASCADE_T))
     work_dir = tmp_path / 'work'
     train = run_script(['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), str(config), '2', '--work-dir',
                         str(work_dir), '--auto-scale-lr', '--cfg-options', f'data_root={tiny_coco}'],
@@ -192,9 +52,13 @@ def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
                                       # mmengine keeps one visualizer per name per process: not a segmentor's
                                       # left by an earlier test
                                       'visualizer.name=detection_test_visualizer'])
-    assert 0 <= metrics['coco/bbox_mAP'] <= 1 and 0 <= metrics['coco/segm_mAP'] <= 1
     with open(predictions, 'rb') as f:
         assert len(pickle.load(f)) == 4
+    # The figures of COCO's own evaluation (pycocotools) on the predictions dumped.
+    from mmdet.datasets import CocoDataset
+    expected = coco_metrics(predictions, osp.join(tiny_coco, 'annotations', 'instances_val2017.json'),
+                            CocoDataset.METAINFO['classes'])
+    assert {key: metrics[key] for key in expected} == expected
     assert len(list(work_dir.glob('*/painted/*.jpg'))) == 4  # mmdet's place: WORK_DIR/TIMESTAMP/SHOW_DIR
 
     # tools/dist_test.sh: two processes evaluate two images each and give the metrics of one process.
@@ -210,10 +74,35 @@ def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
         assert float(logged) == pytest.approx(metrics[key], abs=1e-4), key
 
 
+def test_the_recomputed_coco_metrics_of_the_ground_truth_are_one(tiny_coco, tmp_path):
+    """The known value that the tools' COCO figures are compared with: predictions that are the annotations
+    score 1.0 (and a box moved off its object 0.0)."""
+    from mmdet.datasets import CocoDataset
+    from pycocotools import mask as masks
+    ann_file = osp.join(tiny_coco, 'annotations', 'instances_val2017.json')
+    with open(ann_file) as f:
+        coco = json.load(f)
+    predictions = []
+    for image, annotation in zip(coco['images'], coco['annotations']):
+        x, y, w, h = annotation['bbox']
+        rle = masks.merge(masks.frPyObjects(annotation['segmentation'], image['height'], image['width']))
+        predictions.append(dict(img_id=image['id'], pred_instances=dict(
+            bboxes=torch.tensor([[x, y, x + w, y + h]], dtype=torch.float32), scores=torch.ones(1),
+            labels=torch.tensor([annotation['category_id'] - 1]), masks=[rle])))
+    for shift, expected in ((0, 1.0), (40, 0.0)):
+        for prediction in predictions:
+            prediction['pred_instances']['bboxes'][:, 0::2] += shift
+        with open(tmp_path / 'predictions.pkl', 'wb') as f:
+            pickle.dump(predictions, f)
+        metrics = coco_metrics(tmp_path / 'predictions.pkl', ann_file, CocoDataset.METAINFO['classes'])
+        assert metrics['coco/bbox_mAP'] == metrics['coco/bbox_mAP_50'] == expected
+    assert metrics['coco/segm_mAP'] == 1.0  # the masks stayed
+
+
 def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path, monkeypatch):
-    ade = write_tiny_ade(str(tmp_path / 'ade'))
+    ade = write_ade(str(tmp_path / 'ade'))
     config = tmp_path / 'tiny_upernet.py'
-    config.write_text(TINY_UPERNET.format(base=UPERNET_T))
+    config.write_text(TINY_UPERNET_CONFIG.format(base=UPERNET_T))
     work_dir = tmp_path / 'work'
     # In its own process: mmengine keeps loggers and visualizers as process-wide instances, and one left by an
     # earlier test in this process can take this run's scalars.
@@ -245,11 +134,26 @@ def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path, monkeyp
     # ... and runs mmseg's test-time augmentation: 6 scales and flips, whose averaged logits give other labels.
     tta_metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--tta', '--work-dir', str(work_dir),
                              '--out', str(tmp_path / 'tta_labels'), '--cfg-options', f'data_root={ade}'])
-    assert 0 <= tta_metrics['mIoU'] <= 100
     tta_labels = {path.name: cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
                   for path in (tmp_path / 'tta_labels').iterdir()}
     assert sorted(tta_labels) == sorted(labels) and all(m.shape == (64, 64) for m in tta_labels.values())
     assert any(not np.array_equal(labels[name], tta_labels[name]) for name in labels)
+    # Each test's aAcc and mIoU are those counted on its saved label maps against the annotations.
+    truth = {name: cv2.imread(osp.join(ade, 'annotations', 'validation', name), cv2.IMREAD_UNCHANGED)
+             for name in labels}
+    for saved, logged in ((labels, metrics), (tta_labels, tta_metrics)):
+        counted = segmentation_metrics([(saved[name], truth[name]) for name in truth])
+        assert {key: logged[key] for key in counted} == pytest.approx(counted, abs=0.011)
+    # A classifier that says "class 1 of the files" (0 after reduce_zero_label) everywhere: right on the 3072 of
+    # each image's 4096 pixels outside its rectangle, IoU 0.75 there and 0 for the two rectangles' classes.
+    checkpoint = torch.load(work_dir / 'iter_2.pth', weights_only=False)
+    classifier_weight = checkpoint['state_dict']['decode_head.conv_seg.weight']
+    classifier_weight.zero_()
+    checkpoint['state_dict']['decode_head.conv_seg.bias'].copy_(torch.eye(len(classifier_weight))[0])
+    torch.save(checkpoint, tmp_path / 'one_class.pth')
+    one_class = test.main([str(config), str(tmp_path / 'one_class.pth'), '--work-dir', str(work_dir / 'one_class'),
+                           '--cfg-options', f'data_root={ade}'])
+    assert (one_class['aAcc'], one_class['mIoU']) == (75.0, 25.0)
 
 
 def test_tta_pipeline_goes_to_each_dataset_inside_a_wrapper(tmp_path):
@@ -421,19 +325,10 @@ def test_backbone_benchmark_detector_boxes_fit_the_image_size(size):
     assert instances.masks.masks.reshape(3, -1).sum(1).tolist() == areas
 
 
-def official_layout(state_dict):
-    """A ConvNeXt state dict under the official release's names (convnext_mm's own), with its classifier, as in
-    the ImageNet files."""
-    official = {key: value for key, value in state_dict.items() if not key.startswith('norm')}  # no output norms
-    official['norm.weight'] = torch.ones(320)
-    official['head.weight'] = torch.zeros(1000, 320)
-    return {'model': official}
-
-
 def test_convert_checkpoint_writes_a_clean_backbone_file(tmp_path, capsys):
     backbone = ConvNeXt(arch='atto', layer_scale_init_value=1.0)
     source = tmp_path / 'convnext_atto_official.pth'
-    torch.save(official_layout(backbone.state_dict()), source)
+    torch.save(checkpoint_layouts.official_layout(backbone), source)
     destination = tmp_path / 'backbone.pth'
     convert_checkpoint = load_tool('convert_checkpoint')
     convert_checkpoint.main([str(source), str(destination)])
@@ -451,7 +346,7 @@ def test_convert_checkpoint_writes_a_clean_backbone_file(tmp_path, capsys):
     assert not (tmp_path / 'out.pth').exists()
 
 
-# Each layout of tests/test_checkpoint.py (the real files' key names), whether it is V2, the output norms its
+# Each layout of tests/checkpoint_layouts.py (the real files' key names), whether it is V2, the output norms its
 # files hold, and how many of its tensors belong to no backbone (classifier; FCMAE: decoder and mask token).
 CONVERTED_LAYOUTS = {'timm': (False, (), 4), 'mmpretrain': (False, (3, ), 2), 'official_v2': (True, (), 4),
                      'fcmae_v2': (True, (), 2)}
@@ -459,11 +354,10 @@ CONVERTED_LAYOUTS = {'timm': (False, (), 4), 'mmpretrain': (False, (3, ), 2), 'o
 
 @pytest.mark.parametrize('layout', CONVERTED_LAYOUTS)
 def test_convert_checkpoint_from_timm_mmpretrain_and_v2_files(layout, tmp_path, capsys):
-    import test_checkpoint
     use_grn, norms, left_out = CONVERTED_LAYOUTS[layout]
-    write = {'timm': test_checkpoint.timm_layout, 'mmpretrain': test_checkpoint.mmpretrain_layout,
-             'official_v2': test_checkpoint.official_layout, 'fcmae_v2': test_checkpoint.fcmae_layout}[layout]
-    source_model = test_checkpoint.make_source(use_grn)
+    write = {'timm': checkpoint_layouts.timm_layout, 'mmpretrain': checkpoint_layouts.mmpretrain_layout,
+             'official_v2': checkpoint_layouts.official_layout, 'fcmae_v2': checkpoint_layouts.fcmae_layout}[layout]
+    source_model = checkpoint_layouts.make_source(use_grn)
     source, destination = tmp_path / f'{layout}.pth', tmp_path / 'backbone.pth'
     torch.save(write(source_model), source)
     load_tool('convert_checkpoint').main([str(source), str(destination)])

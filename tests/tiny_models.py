@@ -1,16 +1,82 @@
-"""Models for CPU tests. The paper's Cascade Mask R-CNN and UperNet configs shrunk (tests/test_resume.py,
-tests/test_data_errors.py): an atto ConvNeXt at random init and 32-channel necks and heads, few proposals;
-same model classes, losses, samplers and data flow, only widths and counts change. And ``randomize`` for the
-backbone's numerics tests."""
+"""Models for CPU tests: backbone sizes, the paper's Cascade Mask R-CNN and UperNet configs shrunk (an atto
+ConvNeXt at random init, 32-channel necks and heads, few proposals: the same model classes, losses, samplers and
+data flow, only widths and counts change), one-image batches to train them on, ``randomize`` for numerics tests
+and the gradient checks of a training step."""
 import re
 
 import os.path as osp
 
-import pytest
+import numpy as np
 import torch
 
-WIDTH = 32
-ATTO_DIMS = [40, 80, 160, 320]
+# The smallest backbone with every part (4 stages, a stage of two blocks): 5 blocks, 8 to 64 channels.
+SMALLEST_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
+# The smallest whose stage 2 layer_wise decay splits (4 blocks: layer ids 3, 3, 3, 4), so num_layers >= 5.
+SMALLEST_LAYER_WISE_ARCH = dict(depths=[1, 2, 4, 1], dims=[8, 16, 32, 64])
+ATTO_ARCH = dict(depths=[2, 2, 6, 2], dims=[40, 80, 160, 320])  # arch='atto'
+ATTO_DIMS = ATTO_ARCH['dims']
+WIDTH = 32  # of the shrunk necks and heads
+
+# The paper's cascade T config shrunk for a tools test (a config file: ``.format(base=CASCADE_T)``): an atto
+# backbone without pre-trained weights, 64x64 images kept at their size, few proposals, no validation during
+# training.
+TINY_CASCADE_CONFIG = '''
+_base_ = {base!r}
+model = dict(
+    backbone=dict(arch='atto', drop_path_rate=0.1, init_cfg=None),
+    neck=dict(in_channels=[40, 80, 160, 320]),
+    train_cfg=dict(rpn_proposal=dict(max_per_img=8)),
+    test_cfg=dict(rpn=dict(max_per_img=8), rcnn=dict(score_thr=0.0)))  # untrained: keep every box to evaluate
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PackDetInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(64, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
+]
+train_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs=1, val_begin=2)  # no validation: the test evaluates with tools/test.py
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(save_optimizer=False))
+randomness = dict(seed=0)
+'''
+
+# The paper's UperNet T config shrunk alike: atto backbone, narrow heads, 64x64 crops and windows.
+TINY_UPERNET_CONFIG = '''
+_base_ = {base!r}
+crop_size = (64, 64)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(arch='atto', init_cfg=None),
+    decode_head=dict(in_channels=[40, 80, 160, 320], channels=32),
+    auxiliary_head=dict(in_channels=160, channels=16),
+    test_cfg=dict(crop_size=crop_size, stride=(43, 43)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomCrop', crop_size=crop_size),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [  # at the images' size: the config's resize to 2048x512 would slide 121 windows over each
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=crop_size, keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False, dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+train_cfg = dict(max_iters=2, val_begin=3)
+default_hooks = dict(logger=dict(interval=1))
+randomness = dict(seed=0)
+'''
 
 
 def randomize(model, seed=0):
@@ -20,6 +86,21 @@ def randomize(model, seed=0):
     with torch.no_grad():
         for param in model.parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.2 + (1.0 if param.dim() == 1 else 0.0))
+    return model
+
+
+def randomize_whole_model(model, seed=0):
+    """Every floating tensor of a detector's or segmentor's state dict non-trivial, as after training (batch
+    norms' running variances positive), so that a tensor left at its init is seen; smaller than ``randomize``'s
+    and biases near 0: with ``randomize``'s the tiny detector's scores saturate, and a random backbone gives the
+    same ones."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                noise = torch.randn(tensor.shape, generator=generator) * 0.1
+                tensor.copy_(noise.abs() + 0.5 if name.endswith('running_var') else
+                             noise + (1.0 if tensor.dim() == 1 and name.endswith('weight') else 0.0))
     return model
 
 
@@ -91,11 +172,37 @@ def assert_every_path_got_a_gradient(norms):
     assert norms and not without, f'no gradient (or an all-zero one) reached {without}'
 
 
-@pytest.fixture
-def one_thread():
-    """Train in-process on one thread: tiny models gain nothing from two, and OpenMP threads spin badly on a
-    machine busy with other work (a step can take ten times longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
+def tiny_detection_batch(num_images=1):
+    """A batch of 64x64 random images with two boxes and masks (the second image: one), as a detector's
+    data preprocessor takes it."""
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.bbox import HorizontalBoxes
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    samples = []
+    for boxes in ([[10, 8, 50, 40], [20, 30, 44, 60]], [[4, 4, 30, 28]])[:num_images]:
+        masks = np.zeros((len(boxes), 64, 64), np.uint8)
+        for mask, (x1, y1, x2, y2) in zip(masks, boxes):
+            mask[y1:y2, x1:x2] = 1
+        sample = DetDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64), scale_factor=(1.0, 1.0)))
+        sample.gt_instances = InstanceData(
+            bboxes=HorizontalBoxes(torch.tensor(boxes, dtype=torch.float32)),
+            labels=torch.tensor([3, 17][:len(boxes)]),
+            masks=BitmapMasks(masks, 64, 64))
+        samples.append(sample)
+    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
+                data_samples=samples)
+
+
+def tiny_segmentation_batch():
+    """Two 64x64 random images with random label maps of ADE20K's 150 classes."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    samples = []
+    for _ in range(2):  # two images: BN over the 1x1 pooled map of UperNet's PPM needs more than one value
+        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, 64, 64)))
+        samples.append(sample)
+    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
+                data_samples=samples)
