@@ -4,8 +4,11 @@
         [--bf16] [--demo] [--cfg-options KEY=VALUE ...]
 
 INPUT is an image file, a folder of images (its files with an image extension, not its subfolders) or a video
-file; give as many as you like. The model runs through mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer``
-(the config's test pipeline, ``test_step``, the libraries' visualizers). Under ``--out-dir`` (default
+file; give as many as you like. The model runs through mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer`` and their own call
+(the config's test pipeline, ``test_step``, the libraries' visualizers), plus what they lack: the checkpoint is
+checked against the whole model (a file of another model stops with the parts that differ), class names come from
+the checkpoint (ADE20K's for a segmentation checkpoint without any), videos, and predictions named after their
+images. Under ``--out-dir`` (default
 ``outputs``) it writes, per image:
 
 - ``vis/NAME``: the image with the predictions drawn: boxes, masks, class names and scores at or above
@@ -131,101 +134,85 @@ def count_images(items):
     return sum(open_video(path).frame_cnt if is_video else 1 for _, path, is_video in items)
 
 
-def checked_loading(inferencer_class, default_classes):
-    """``inferencer_class`` loading a checkpoint read by convnext_mm's safe reader, checked against the model
-    before the host library's loader sets the weights and class names (from the checkpoint's metadata)."""
-
-    class CheckedInferencer(inferencer_class):
-
-        def __init__(self, checkpoint, checkpoint_path, config_path, **kwargs):
-            self._checkpoint = (checkpoint, checkpoint_path, config_path)
-            super().__init__(weights=None, **kwargs)  # the checkpoint is read already: not again by mmengine
-            self.show_progress = False  # one progress bar over all inputs instead of one per call
-
-        def _load_weights_to_model(self, model, checkpoint, cfg):
-            checkpoint, checkpoint_path, config_path = self._checkpoint
-            try:
-                check_fits(model, checkpoint, checkpoint_path, config_path)
-            except CheckpointMismatchError as exception:
-                raise error(str(exception))
-            super()._load_weights_to_model(model, checkpoint, cfg)
-            if 'dataset_meta' not in checkpoint_meta(checkpoint):
-                default_classes(model)
-
-    return CheckedInferencer
-
-
-def coco_classes(model):
-    """mmdet's own fallback (COCO's classes) is already in place."""
+def build_inferencer(cfg, args):
+    """mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer`` on the config and checkpoint, plus what they lack:
+    the whole model checked against the checkpoint (mmengine's loader only warns about heads that do not fit; the
+    backbone checks itself), and ADE20K's class names for a segmentation checkpoint without any (mmseg would take
+    Cityscapes')."""
+    try:
+        checkpoint = read_checkpoint(args.checkpoint)  # a corrupt file is named here, not deep in mmengine
+        if cfg.default_scope == 'mmdet':
+            from mmdet.apis import DetInferencer
+            inferencer = DetInferencer(model=cfg, weights=args.checkpoint, device=args.device, scope='mmdet',
+                                       show_progress=False)
+        else:
+            from mmseg.apis import MMSegInferencer
+            inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint, device=args.device, scope='mmseg')
+        check_fits(inferencer.model, checkpoint, args.checkpoint, args.config)
+    except (CheckpointError, CheckpointMismatchError) as exception:
+        raise error(str(exception))
+    meta = inferencer.model.dataset_meta
+    if cfg.default_scope == 'mmseg':
+        if 'dataset_meta' not in checkpoint_meta(checkpoint):
+            meta = inferencer.model.dataset_meta = ade20k_classes(inferencer.model.decode_head.num_classes)
+        if len(meta.get('palette') or ()) != len(meta['classes']):
+            meta['palette'] = random_palette(len(meta['classes']))  # the visualizer needs one colour per class
+    return inferencer
 
 
-def ade20k_classes(model):
-    """ADE20K's classes for a segmentation checkpoint without metadata (mmseg would take Cityscapes')."""
+def ade20k_classes(count):
     from mmseg.utils import get_classes, get_palette
-    if model.decode_head.num_classes == len(get_classes('ade20k')):
-        model.dataset_meta = dict(classes=get_classes('ade20k'), palette=get_palette('ade20k'))
-    else:
-        count = model.decode_head.num_classes
-        model.dataset_meta = dict(classes=[f'class {i}' for i in range(count)], palette=random_palette(count))
+    if count == len(get_classes('ade20k')):
+        return dict(classes=get_classes('ade20k'), palette=get_palette('ade20k'))
+    return dict(classes=[f'class {i}' for i in range(count)], palette=random_palette(count))
 
 
 def random_palette(count):
     return np.random.RandomState(42).randint(0, 255, size=(count, 3)).tolist()  # as mmseg's datasets make one
 
 
-def build_inferencer(cfg, args):
-    try:
-        checkpoint = read_checkpoint(args.checkpoint)
-    except CheckpointError as exception:
-        raise error(str(exception))
-    if cfg.default_scope == 'mmdet':
-        from mmdet.apis import DetInferencer
-        inferencer_class = checked_loading(DetInferencer, coco_classes)
-    else:
-        from mmseg.apis import MMSegInferencer
-        inferencer_class = checked_loading(MMSegInferencer, ade20k_classes)
-    inferencer = inferencer_class(checkpoint, args.checkpoint, args.config, model=cfg, device=args.device,
-                                  scope=cfg.default_scope)
-    meta = inferencer.model.dataset_meta
-    if cfg.default_scope == 'mmseg' and len(meta.get('palette') or ()) != len(meta['classes']):
-        meta['palette'] = random_palette(len(meta['classes']))  # the visualizer needs one colour per class
-    return inferencer
-
-
-def detect(inferencer, image, score_thr):
-    """(prediction dict, picture) of one BGR image: mmdet's pipeline, test_step, pred2dict and visualizer."""
-    _, data = next(inferencer.preprocess([image]))
-    sample = inferencer.forward(data)[0]
-    sample.pred_instances = sample.pred_instances[sample.pred_instances.scores >= score_thr]
-    picture = inferencer.visualize([mmcv.bgr2rgb(image)], [sample], return_vis=True, pred_score_thr=score_thr)[0]
-    prediction = inferencer.pred2dict(sample)
+def infer(inferencer, image, score_thr):
+    """(prediction, RGB picture) of one image through the Inferencer's own call (its pipeline, ``test_step`` and
+    visualizer). ``image``: a file path, or a video frame (BGR), which is drawn on in RGB like a file. Detection:
+    mmdet's prediction dict with the detections at or above ``score_thr`` and their class names; segmentation:
+    the label map, 8-bit (16-bit beyond 256 classes)."""
+    detection = hasattr(inferencer, 'pred2dict')
+    draw = dict(pred_score_thr=score_thr) if detection else dict(opacity=SEG_OPACITY)
+    if isinstance(image, str):
+        result = inferencer(image, return_vis=True, no_save_vis=True, no_save_pred=True, **draw) if detection \
+            else inferencer(image, return_vis=True, **draw)
+        prediction, picture = result['predictions'], result['visualization']
+    else:  # the visualizer draws on an array as it is given: an RGB copy of the frame
+        sample = inferencer(image, return_datasamples=True)
+        sample = sample['predictions'] if isinstance(sample, dict) else sample
+        sample = sample[0] if isinstance(sample, list) else sample
+        picture = inferencer.visualize([mmcv.bgr2rgb(image)], [sample], return_vis=True, **draw)
+        prediction = inferencer.pred2dict(sample) if detection else sample.pred_sem_seg.data[0].cpu().numpy()
+    prediction = prediction[0] if isinstance(prediction, list) else prediction
+    picture = picture[0] if isinstance(picture, list) else picture
+    if not detection:
+        return prediction.astype(np.uint8 if prediction.max(initial=0) < 256 else np.uint16), picture
+    keep = [i for i, score in enumerate(prediction['scores']) if score >= score_thr]
+    prediction = {key: [values[i] for i in keep] for key, values in prediction.items()}
     classes = inferencer.model.dataset_meta['classes']
     prediction['label_names'] = [classes[label] for label in prediction['labels']]
     return prediction, picture
 
 
-def segment(inferencer, image):
-    """(label map, picture) of one BGR image: mmseg's pipeline, test_step and visualizer."""
-    data = next(inferencer.preprocess([image]))
-    sample = inferencer.forward(data)[0]
-    picture = inferencer.visualize([mmcv.bgr2rgb(image)], [sample], return_vis=True, opacity=SEG_OPACITY)[0]
-    labels = sample.pred_sem_seg.data[0].cpu().numpy()
-    return labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16), picture
-
-
 def frames(items):
-    """(output stem, picture name, BGR image, video path or None) for every image and video frame, in order."""
+    """(output stem, picture name, image path or BGR frame, video path or None) for every image and video frame, in
+    order; an unreadable image stops with its name before the Inferencer reads it."""
     for name, path, is_video in items:
         stem = osp.splitext(name)[0]
         if not is_video:
-            yield stem, name, read_image(path), None
+            read_image(path)
+            yield stem, name, path, None
             continue
         for index, frame in enumerate(open_video(path)):
             yield osp.join(stem, f'{index:06d}'), None, frame, path
 
 
 def run(inferencer, items, out_dir, score_thr):
-    task_is_detection = hasattr(inferencer, 'pred2dict')
     os.makedirs(osp.join(out_dir, 'vis'), exist_ok=True)
     with open(osp.join(out_dir, 'classes.json'), 'w') as stream:
         json.dump(list(inferencer.model.dataset_meta['classes']), stream, indent=1)
@@ -233,8 +220,7 @@ def run(inferencer, items, out_dir, score_thr):
     videos = {}
     try:
         for stem, picture_name, image, video_path in frames(items):
-            prediction, picture = (detect(inferencer, image, score_thr) if task_is_detection
-                                   else segment(inferencer, image))
+            prediction, picture = infer(inferencer, image, score_thr)
             save_prediction(prediction, osp.join(out_dir, 'preds', stem))
             if video_path is None:
                 mmcv.imwrite(mmcv.rgb2bgr(picture), osp.join(out_dir, 'vis', picture_name))
