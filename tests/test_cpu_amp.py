@@ -105,3 +105,15 @@ def test_float16_is_refused_by_name():
     model = torch.nn.Linear(8, 4)
     with pytest.raises(ValueError, match=r"CPUAmpOptimWrapper trains in bfloat16; got dtype='float16'"):
         CPUAmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), dtype='float16')
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the machine without a GPU')
+def test_train_tool_amp_on_a_cpu_selects_the_cpu_wrapper():
+    path = osp.join(ROOT, 'tools', 'train.py')
+    spec = importlib.util.spec_from_file_location('train_tool', path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    cfg = train.build_config(train.parse_args([DEMO, '--amp']))
+    assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+    _, model = tiny_cascade()
+    assert isinstance(build_optim_wrapper(model, cfg.optim_wrapper), CPUAmpOptimWrapper)

@@ -31,7 +31,8 @@ def parse_args(argv=None):
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models (default: work_dirs/CONFIG_NAME)')
     parser.add_argument(
-        '--amp', action='store_true', help='enable automatic-mixed-precision training (needs a CUDA GPU)')
+        '--amp', action='store_true',
+        help='mixed-precision training: fp16 AmpOptimWrapper on a CUDA GPU, bf16 CPUAmpOptimWrapper on a CPU')
     parser.add_argument('--auto-scale-lr', action='store_true', help='enable automatically scaling LR')
     parser.add_argument(
         '--resume',
@@ -58,8 +59,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
-    if args.amp and not cuda_available():
-        parser.error('--amp needs a CUDA GPU and this machine has none; drop --amp (training then runs in fp32)')
     return args
 
 
@@ -72,7 +71,7 @@ def build_config(args):
         raise SystemExit(f'error: {error}')
 
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.type = 'AmpOptimWrapper' if cuda_available() else 'CPUAmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
 
     if args.auto_scale_lr:
