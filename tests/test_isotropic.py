@@ -1,20 +1,21 @@
 """The isotropic ConvNeXt backbone, ViTDet's simple feature pyramid and their configs.
 
-The reference below transcribes the official release's models/convnext_isotropic.py (and the Block and LayerNorm
-of models/convnext.py) in plain PyTorch; the backbone under test is checked against it, not against itself.
+The reference below transcribes the official release's models/convnext_isotropic.py (and the Block of
+models/convnext.py; its LayerNorm is tests/reference.py's) in plain PyTorch; the backbone under test is checked
+against it, not against itself.
 """
 import math
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.optim import build_optim_wrapper
 
 from convnext_mm import ConvNeXtIsotropic, SimpleFeaturePyramid
 from convnext_mm import runtime
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.runtime import build_model, load_config
+import reference
 from project import config_path
 from tiny_models import tiny_detection_batch, tiny_segmentation_batch
 
@@ -26,29 +27,11 @@ SEGMENTATION_CONFIGS = ['upernet/convnext_iso_s_512_160k_ade20k.py', 'upernet/co
 
 # ---- The official isotropic ConvNeXt, transcribed ----
 
-class RefLayerNorm(nn.Module):
-    """Official LayerNorm, channels_last or channels_first."""
-
-    def __init__(self, dim, eps=1e-6, data_format='channels_last'):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.eps, self.data_format, self.normalized_shape = eps, data_format, (dim, )
-
-    def forward(self, x):
-        if self.data_format == 'channels_last':
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        u = x.mean(1, keepdim=True)
-        s = (x - u).pow(2).mean(1, keepdim=True)
-        x = (x - u) / torch.sqrt(s + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
-
-
 class RefBlock(nn.Module):
     def __init__(self, dim, layer_scale_init_value=0.):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = RefLayerNorm(dim, eps=1e-6)
+        self.norm = reference.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.pwconv2 = nn.Linear(4 * dim, dim)
@@ -68,7 +51,7 @@ class RefConvNeXtIsotropic(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(in_chans, dim, kernel_size=16, stride=16)
         self.blocks = nn.Sequential(*[RefBlock(dim, layer_scale_init_value) for _ in range(depth)])
-        self.norm = RefLayerNorm(dim, eps=1e-6)
+        self.norm = reference.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
 
     def block_outputs(self, x):
@@ -98,7 +81,7 @@ def reference_model(depth, dim, layer_scale_init_value=0., seed=0):
 
 def channels_first_norm(x, norm):
     """The backbone's output norm, applied as the official channels_first LayerNorm."""
-    ref = RefLayerNorm(x.shape[1], data_format='channels_first')
+    ref = reference.LayerNorm(x.shape[1], data_format='channels_first')
     ref.load_state_dict(norm.state_dict())
     return ref(x)
 

@@ -122,15 +122,20 @@ def data(tmp_path_factory):
     return root
 
 
-def test_sigkill_in_the_middle_of_an_epoch_then_resume(data, tmp_path):
-    cfg = tiny_cascade(str(data / 'coco'))
-    plain = write_config(cfg, str(tmp_path / 'cascade.py'))
+def train_uninterrupted_and_killed(cfg, tmp_path, sigkill):
+    """``cfg`` trained to the end (work dir tmp_path/reference) and killed by a SigkillHook(**sigkill) (work dir
+    tmp_path/killed); returns the plain config file and the killed run's work dir."""
+    plain = write_config(cfg, str(tmp_path / 'config.py'))
     reference = train(plain, str(tmp_path / 'reference'))
     assert reference.returncode == 0, reference.stderr[-3000:]
-
     work_dir = str(tmp_path / 'killed')
-    killed = train(write_config(cfg, str(tmp_path / 'cascade_killed.py'), dict(after_iter=5)), work_dir)
+    killed = train(write_config(cfg, str(tmp_path / 'config_killed.py'), sigkill), work_dir)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    return plain, work_dir
+
+
+def test_sigkill_in_the_middle_of_an_epoch_then_resume(data, tmp_path):
+    plain, work_dir = train_uninterrupted_and_killed(tiny_cascade(str(data / 'coco')), tmp_path, dict(after_iter=5))
     assert sorted(map(osp.basename, glob.glob(osp.join(work_dir, '*.pth')))) == ['epoch_1.pth', 'epoch_2.pth']
 
     # --resume PATH: from the checkpoint given, not the latest (epoch 2's), and still to the uninterrupted state.
@@ -142,14 +147,8 @@ def test_sigkill_in_the_middle_of_an_epoch_then_resume(data, tmp_path):
 
 
 def test_sigkill_while_writing_a_checkpoint_leaves_no_checkpoint_file_then_resume(data, tmp_path):
-    cfg = tiny_upernet(str(data / 'ade'))
-    plain = write_config(cfg, str(tmp_path / 'upernet.py'))
-    reference = train(plain, str(tmp_path / 'reference'))
-    assert reference.returncode == 0, reference.stderr[-3000:]
-
-    work_dir = str(tmp_path / 'killed')
-    killed = train(write_config(cfg, str(tmp_path / 'upernet_killed.py'), dict(during_save_at_iter=4)), work_dir)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    plain, work_dir = train_uninterrupted_and_killed(tiny_upernet(str(data / 'ade')), tmp_path,
+                                                     dict(during_save_at_iter=4))
     # The interrupted write left its bytes in a temporary file only; the last complete checkpoint stands.
     assert sorted(map(osp.basename, glob.glob(osp.join(work_dir, '*.pth')))) == ['iter_2.pth']
     assert glob.glob(osp.join(work_dir, '.iter_4.pth.*.tmp'))
