@@ -80,7 +80,7 @@ class AtomicLocalBackend(LocalBackend):
         write_atomically(obj.encode(encoding), filepath)
 
 
-# Paths without a prefix (local files) now go through the atomic backend.
+# Paths without a prefix (local files) go through the atomic backend.
 register_backend('local', AtomicLocalBackend, force=True, prefixes='')
 
 

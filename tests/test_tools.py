@@ -1,7 +1,7 @@
 """The tools end to end on the CPU with tiny synthetic data: two-process training through tools/dist_train.sh
 (torchrun, gloo) and the evaluation of its checkpoint (in one process and through tools/dist_test.sh), one-process
 segmentation training and TTA test, tools/slurm_train.sh through a stand-in srun, tools/test.py --demo, get_flops
-against the README, benchmark, benchmark_backbone's helpers, convert_checkpoint, the command-line errors, and the
+against docs/results.md, benchmark, benchmark_backbone's helpers, convert_checkpoint, the command-line errors, and the
 CPU adaptations of the configs."""
 import json
 import math
@@ -247,21 +247,22 @@ def test_test_tool_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert exit_info.value.code == 2 and 'nothing.pth' in capsys.readouterr().err
 
 
-def readme_params_and_flops(config):
-    """The README's "params here" and "FLOPs here" for ``config`` (the last two cells of its results row)."""
-    link = f']({osp.relpath(config, ROOT)})'
-    with open(osp.join(ROOT, 'README.md')) as f:
-        (row, ) = [line for line in f if line.startswith('|') and link in line]
+def results_params_and_flops(config):
+    """docs/results.md's "params here" and "FLOPs here" for ``config`` (the last two cells of the paper's results
+    row whose first cell links the config)."""
+    link = f'](../{osp.relpath(config, ROOT)})'
+    with open(osp.join(ROOT, 'docs', 'results.md')) as f:
+        (row, ) = [line for line in f if line.startswith('|') and link in line.split('|')[1]]
     return tuple(cell.strip() for cell in row.strip().strip('|').split('|')[-2:])
 
 
 @pytest.mark.parametrize('config', [MASK_RCNN_T, UPERNET_T])
-def test_get_flops_gives_the_readme_numbers_at_the_paper_input_size(config, capsys):
+def test_get_flops_gives_the_numbers_of_docs_results_at_the_paper_input_size(config, capsys):
     load_tool('get_flops').main([config])
     (row, ) = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(config)]
     # columns: config, input, params (M), paper params, GFLOPs, paper GFLOPs (the paper's Tables 3 and 4)
     assert row[1] == {MASK_RCNN_T: '1280x800', UPERNET_T: '2048x512'}[config]
-    assert (f'{row[2]}M', f'{row[4]}G') == readme_params_and_flops(config)
+    assert (f'{row[2]}M', f'{row[4]}G') == results_params_and_flops(config)
     assert (row[3], row[5]) == {MASK_RCNN_T: ('48', '262'), UPERNET_T: ('60', '939')}[config]
 
 

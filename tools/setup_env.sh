@@ -15,7 +15,7 @@ CACHE=${CONVNEXT_MM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/convnext-mm}
 WHEELS="$CACHE/wheels"
 PY="$VENV/bin/python"
 pin() { grep -E "^$1==" requirements.txt | head -n1; }
-# mmcv's setup.py imports pkg_resources (gone from setuptools 81) and needs >= 77 for today's metadata.
+# mmcv's setup.py imports pkg_resources (gone from setuptools 81); the build needs setuptools >= 77.
 BUILD_TOOLS=("setuptools>=77,<81" wheel ninja)
 
 rm -f "$VENV/.complete"
