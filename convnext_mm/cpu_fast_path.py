@@ -18,8 +18,8 @@ Inference (one entry from the block: :func:`applies`, then :func:`pointwise`):
 - A block none of whose tensors needs a gradient (a frozen stage) takes it under autograd too.
 
 Training in float32 (:func:`trains`, then :func:`mlp`): each Linear is an autograd Function (:class:`OneDNNLinear`)
-whose forward and both backward products (input and weight gradients) run in oneDNN, taken only where a one-time
-measurement (:func:`training_library`) finds oneDNN faster than MKL on this machine's block shapes. The first
+whose forward and both backward products (input and weight gradients) run in oneDNN, taken on AMD CPUs, where
+oneDNN is the faster library (:func:`training_library`). The first
 training step also has glibc keep freed blocks for reuse (:func:`reuse_freed_memory`).
 
 Everywhere else the block takes its plain path: on other devices, under other autocast dtypes (bf16 training:
@@ -27,11 +27,12 @@ PyTorch's own autocast Linears, already oneDNN), under torch.compile (inductor f
 tracing (mmengine's FLOP counter traces the model; the fused ops neither trace nor count).
 """
 import ctypes
-import time
+import logging
 import weakref
 
 import torch
 import torch.nn.functional as F
+from mmengine.logging import print_log
 
 # Pixels per chunk of a V1 block's MLP: the 4C-wide hidden map of a chunk, 2048 x 4C floats (3 MiB at C=96),
 # stays in the cache.
@@ -144,12 +145,10 @@ def linear(x, weight, bias):
 
 
 # ---------------------------------------------------------------- training
-# 'onednn' or 'mkl': the library of the training path's products; None until training_library() measures it.
+# 'onednn' or 'mkl': the library of the training path's products; None until training_library() decides.
 TRAINING_LIBRARY = None
 # Whether the first CPU training step raises glibc's mmap threshold (reuse_freed_memory).
 REUSE_FREED_MEMORY = True
-# The products training_library() times: (pixels, C) of a stage-2 block at 8x3x224x224.
-MEASURED_SHAPE = (6272, 192)
 
 
 def trains(block, x):
@@ -220,40 +219,26 @@ def weight_grad(grad, x):
 
 
 def training_library():
-    """'onednn' or 'mkl', whichever computes a block's training products faster here, measured once per process
-    (about 0.1 s): the forward, input-gradient and weight-gradient products of both Linears of
-    ``MEASURED_SHAPE``, each way, best of three. oneDNN wins on the AMD EPYC machines this project runs on;
-    MKL may on others, where training keeps nn.Linear."""
+    """'onednn' on AMD CPUs, 'mkl' elsewhere: the library of the training path's products, by a fixed rule rather
+    than a timing, so that a machine always trains with the same arithmetic (the demo's figures repeat run after
+    run). MKL takes a slow generic path on AMD CPUs, where oneDNN's products measured about 2x MKL's on every block
+    shape (docs/benchmarks.md); elsewhere training keeps nn.Linear, as fast as it was."""
     global TRAINING_LIBRARY
     if TRAINING_LIBRARY is None:
-        pixels, dim = MEASURED_SHAPE
-        generator = torch.Generator().manual_seed(0)
-        x, grad_x = (torch.randn(pixels, dim, generator=generator) for _ in range(2))
-        hidden, grad_hidden = (torch.randn(pixels, 4 * dim, generator=generator) for _ in range(2))
-        weight1 = torch.randn(4 * dim, dim, generator=generator)
-        weight2 = torch.randn(dim, 4 * dim, generator=generator)
-
-        def onednn():
-            for a, b in ((x, weight1), (hidden, weight2), (grad_hidden, weight1.t()), (grad_x, weight2.t())):
-                ONEDNN_LINEAR_POINTWISE(a, b, None, 'none', [], '')
-            weight_grad(grad_hidden, x)
-            weight_grad(grad_x, hidden)
-
-        def mkl():
-            torch.mm(x, weight1.t())
-            torch.mm(hidden, weight2.t())
-            torch.mm(grad_hidden, weight1)
-            torch.mm(grad_x, weight2)
-            torch.mm(grad_hidden.t(), x)
-            torch.mm(grad_x.t(), hidden)
-
-        seconds = {}
-        for name, products in (('onednn', onednn), ('mkl', mkl)) * 3:
-            start = time.perf_counter()
-            products()
-            seconds[name] = min(seconds.get(name, float('inf')), time.perf_counter() - start)
-        TRAINING_LIBRARY = 'onednn' if seconds['onednn'] < seconds['mkl'] else 'mkl'
+        TRAINING_LIBRARY = 'onednn' if cpu_vendor() == 'AuthenticAMD' else 'mkl'
     return TRAINING_LIBRARY
+
+
+def cpu_vendor():
+    """The CPU's vendor string ('AuthenticAMD', 'GenuineIntel', ...) from /proc/cpuinfo; '' where there is none."""
+    try:
+        with open('/proc/cpuinfo') as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith('vendor_id'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return ''
 
 
 _FREED_MEMORY_REUSED = False
@@ -277,3 +262,6 @@ def reuse_freed_memory():
         return
     mallopt(M_MMAP_THRESHOLD, 2**30)
     mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+    print_log('ConvNeXt CPU training: glibc now keeps freed blocks of up to 1 GiB for reuse (faster steps; the '
+              'resident memory stays at its peak between steps; cpu_fast_path.REUSE_FREED_MEMORY = False before '
+              'training keeps glibc as it was)', logger='current', level=logging.INFO)

@@ -171,14 +171,20 @@ def test_frozen_stages_train_the_rest_and_take_the_inference_path(training_libra
     assert_all_close(fast, frozen_step())
 
 
-def test_training_library_is_measured_once_and_is_one_of_the_two(monkeypatch):
+@pytest.mark.parametrize('vendor, library', [('AuthenticAMD', 'onednn'), ('GenuineIntel', 'mkl'), ('', 'mkl')])
+def test_training_library_follows_the_cpu_vendor_and_stays(monkeypatch, vendor, library):
+    """A fixed rule, not a timing: the same machine always trains with the same arithmetic."""
     monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', None)
-    if cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None:
-        pytest.skip('this torch has no oneDNN Linear (torch.ops.mkldnn._linear_pointwise)')
-    chosen = cpu_fast_path.training_library()
-    assert chosen in ('onednn', 'mkl')
-    monkeypatch.setattr(cpu_fast_path, 'MEASURED_SHAPE', None)  # a second measurement would fail on it
-    assert cpu_fast_path.training_library() == chosen
+    monkeypatch.setattr(cpu_fast_path, 'cpu_vendor', lambda: vendor)
+    assert cpu_fast_path.training_library() == library
+    monkeypatch.setattr(cpu_fast_path, 'cpu_vendor', lambda: 'other')
+    assert cpu_fast_path.training_library() == library
+
+
+def test_cpu_vendor_is_read_from_the_machine():
+    with open('/proc/cpuinfo') as cpuinfo:
+        vendors = {line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('vendor_id')}
+    assert vendors == {cpu_fast_path.cpu_vendor()}
 
 
 def test_bf16_autocast_training_keeps_pytorchs_linears(training_library):
