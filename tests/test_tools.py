@@ -1,7 +1,7 @@
 """The tools end to end on the CPU with tiny synthetic data: two-process training through tools/dist_train.sh
 (torchrun, gloo) and the evaluation of its checkpoint (in one process and through tools/dist_test.sh), one-process
 segmentation training and TTA test, tools/slurm_train.sh through a stand-in srun, tools/test.py --demo, get_flops
-against docs/results.md, benchmark, benchmark_backbone's helpers, convert_checkpoint, the command-line errors, and the
+against docs/results.md, benchmark, the benchmarks' helpers, convert_checkpoint, the command-line errors, and the
 CPU adaptations of the configs."""
 import json
 import math
@@ -234,13 +234,6 @@ def test_missing_imagenet_checkpoint_stops_training_with_the_fix(tiny_coco, tmp_
     assert 'not found' in message
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the machine without a GPU')
-def test_amp_flag_without_a_gpu_is_refused(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        load_tool('train').parse_args([CASCADE_T, '--amp'])
-    assert exit_info.value.code == 2 and '--amp needs a CUDA GPU' in capsys.readouterr().err
-
-
 def test_test_tool_refuses_a_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         load_tool('test').parse_args([CASCADE_T, str(tmp_path / 'nothing.pth')])
@@ -312,8 +305,8 @@ def test_backbone_benchmark_peak_growth_counts_the_step_alone():
 
 
 @pytest.mark.parametrize('size', [(800, 1333), (256, 320)])
-def test_backbone_benchmark_detector_boxes_fit_the_image_size(size):
-    batch = load_tool('benchmark_backbone').synthetic_detection_batch(size)
+def test_detector_memory_benchmark_boxes_fit_the_image_size(size):
+    batch = load_tool('benchmark_detector_memory').synthetic_detection_batch(size)
     height, width = size
     assert tuple(batch['inputs'][0].shape) == (3, height, width)
     instances = batch['data_samples'][0].gt_instances
