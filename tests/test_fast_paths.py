@@ -15,12 +15,11 @@ from convnext_mm import cpu_fast_path
 from convnext_mm.backbone import GRN, ConvNeXtBlock
 
 import reference
-from tiny_models import randomize
+from tiny_models import SMALLEST_ARCH, randomize
 
-TINY_ARCH = dict(depths=[1, 1, 2, 1], dims=[8, 16, 32, 64])
 # Each element within RTOL of its reference, or within ATOL of the tensor's largest magnitude: float32 rounding
 # only. The second bound is for entries that are sums cancelling to near zero, whose rounding error follows the
-# size of their terms; at 3e-6 it is 3x below the issue's bound of 1e-5 relative to the largest magnitude, so
+# size of their terms; at 3e-6 it is 3x below the required 1e-5 relative to the largest magnitude, so
 # a small gradient entry cannot be wrong by more than that.
 RTOL = 1e-5
 ATOL = 3e-6
@@ -75,7 +74,7 @@ needs_onednn = pytest.mark.skipif(cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None,
 
 
 def paper_pair(seed=0, **kwargs):
-    ours = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), **kwargs), seed)
+    ours = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), **kwargs), seed)
     return ours, reference.like(ours)
 
 
@@ -84,7 +83,7 @@ def test_inference_matches_the_paper_formulation(onednn_calls):
     ours, paper = paper_pair()
     x = torch.randn(2, 3, 70, 97)
     assert_all_close(step(ours, x, train=False), step(paper, x, train=False))
-    blocks = sum(TINY_ARCH['depths'])  # every block took both fused ops, in float32
+    blocks = sum(SMALLEST_ARCH['depths'])  # every block took both fused ops, in float32
     assert onednn_calls == [('linear_gelu', torch.float32), ('linear', torch.float32)] * blocks
 
 
@@ -114,7 +113,7 @@ def test_training_step_matches_the_paper_formulation(training_library, kwargs):
     ours, paper = paper_pair(**kwargs)
     x = torch.randn(2, 3, 70, 97)
     assert_all_close(step(ours, x, train=True), step(paper, x, train=True))
-    blocks = sum(TINY_ARCH['depths'])
+    blocks = sum(SMALLEST_ARCH['depths'])
     # per block: both Linears forward, each one's input and weight gradient
     assert len(products) == (6 * blocks if library == 'onednn' else 0)
 
@@ -145,7 +144,7 @@ def test_drop_path_and_with_cp_train_the_same_on_both_libraries(monkeypatch):
     results = []
     for library in ('mkl', 'onednn'):
         monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', library)
-        model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), drop_path_rate=0.5, with_cp=True))
+        model = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), drop_path_rate=0.5, with_cp=True))
         torch.manual_seed(0)
         results.append(step(model, torch.randn(2, 3, 64, 64), train=True))
     assert_all_close(results[1], results[0])
@@ -157,7 +156,7 @@ def test_frozen_stages_train_the_rest_and_take_the_inference_path(training_libra
     the stages after it train; outputs and gradients equal the plain path's."""
 
     def frozen_step():
-        model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), frozen_stages=1)).train()
+        model = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), frozen_stages=1)).train()
         outs = model(torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
         sum((o * o).mean() for o in outs).backward()
         assert all(p.grad is None for p in model.stages[0].parameters())
@@ -204,11 +203,11 @@ def test_bf16_autocast_training_keeps_pytorchs_linears(training_library):
 def test_fused_inference_equals_the_autograd_path(onednn_calls, kwargs, pixels_per_chunk, monkeypatch):
     if pixels_per_chunk is not None:  # 37 does not divide any stage's pixel count: a partial last chunk
         monkeypatch.setattr(cpu_fast_path, 'PIXELS_PER_CHUNK', pixels_per_chunk)
-    model = randomize(ConvNeXt(arch=TINY_ARCH, **kwargs)).eval()
+    model = randomize(ConvNeXt(arch=SMALLEST_ARCH, **kwargs)).eval()
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         fused = model(x)
-    blocks = sum(TINY_ARCH['depths'])
+    blocks = sum(SMALLEST_ARCH['depths'])
     if kwargs.get('use_grn'):  # GRN's norm spans the map: V2 blocks take no chunks, only the fused Linear+GELU
         assert onednn_calls == [('linear_gelu', torch.float32)] * blocks
     elif pixels_per_chunk is None:
@@ -222,7 +221,7 @@ def test_fused_inference_equals_the_autograd_path(onednn_calls, kwargs, pixels_p
     assert_all_close(fused, plain)
 
 
-# The issue's bound for bfloat16 inference: 8 significant bits, 4e-3 relative rounding per value, through the
+# The bound for bfloat16 inference: 8 significant bits, 4e-3 relative rounding per value, through the
 # blocks' sums and residual additions.
 BF16_RTOL = 5e-2
 
@@ -254,7 +253,7 @@ def test_bf16_autocast_inference_takes_the_bf16_fused_path_close_to_fp32(onednn_
 
 def test_fp16_autocast_inference_takes_the_plain_path(onednn_calls):
     """The fused path is float32 or bfloat16; fp16 autocast keeps the plain ops and autocast's own dtype rules."""
-    model = randomize(ConvNeXt(arch=TINY_ARCH)).eval()
+    model = randomize(ConvNeXt(arch=SMALLEST_ARCH)).eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
         model(torch.randn(1, 3, 64, 64))
     assert not onednn_calls
@@ -264,7 +263,7 @@ def test_fp16_autocast_inference_takes_the_plain_path(onednn_calls):
 def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(onednn_calls):
     """The bfloat16 path's cached weight copies are rebuilt after every in-place change of the parameters: its
     outputs (and the float32 path's) follow the plain path's after ``load_state_dict`` and an optimizer step."""
-    model = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3)), seed=0).eval()
+    model = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3)), seed=0).eval()
     x = torch.randn(2, 3, 64, 64)
 
     def fused_and_plain():
@@ -276,7 +275,7 @@ def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(one
         return fused, bf16, plain
 
     fused_and_plain()  # fill the caches with the first weights
-    other = randomize(ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3)), seed=1)
+    other = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3)), seed=1)
     model.load_state_dict(other.state_dict())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for change in ('load_state_dict', 'optimizer step'):
@@ -334,7 +333,7 @@ def test_grn_computes_the_norms_of_a_bf16_map_in_float32():
 
 @pytest.mark.parametrize('memory_format', [torch.contiguous_format, torch.channels_last], ids=['nchw', 'nhwc'])
 def test_outputs_are_plain_contiguous_nchw_whatever_the_input_layout(memory_format):
-    model = ConvNeXt(arch=TINY_ARCH).eval()
+    model = ConvNeXt(arch=SMALLEST_ARCH).eval()
     x = torch.randn(1, 3, 64, 96).contiguous(memory_format=memory_format)
     with torch.no_grad():
         outs = model(x)
@@ -343,7 +342,7 @@ def test_outputs_are_plain_contiguous_nchw_whatever_the_input_layout(memory_form
 
 def test_with_cp_matches_the_paper_formulation():
     ours, paper = paper_pair()
-    checkpointed = ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), with_cp=True)
+    checkpointed = ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), with_cp=True)
     checkpointed.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 64, 64)
     assert_all_close(step(checkpointed, x, train=True), step(paper, x, train=True))
@@ -363,7 +362,7 @@ def test_compile_option_matches_the_paper_formulation(with_cp):
     compilation; the benchmark runs inductor itself (tools/benchmark_backbone.py --compile)."""
     skip_without_dynamo()
     ours, paper = paper_pair()
-    compiled = ConvNeXt(arch=TINY_ARCH, out_indices=(0, 1, 2, 3), with_cp=with_cp,
+    compiled = ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), with_cp=with_cp,
                         compile=dict(backend='aot_eager', fullgraph=True))
     compiled.load_state_dict(ours.state_dict())
     assert list(dict(compiled.named_parameters())) == list(dict(ours.named_parameters()))
@@ -375,4 +374,4 @@ def test_compile_option_matches_the_paper_formulation(with_cp):
 @pytest.mark.parametrize('value', ['yes', 1, ['inductor']])
 def test_bad_compile_values_are_named(value):
     with pytest.raises(ValueError, match=r'compile=.* must be True, False or a dict of torch.compile arguments'):
-        ConvNeXt(arch=TINY_ARCH, compile=value)
+        ConvNeXt(arch=SMALLEST_ARCH, compile=value)
