@@ -359,15 +359,20 @@ class StrictLoading:
     unexpected, reshaped) -> str`` and ``arch_name() -> str``."""
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        keys = [key for key in state_dict if key.startswith(prefix)]
-        if keys:
-            given = {key[len(prefix):]: state_dict.pop(key) for key in keys}
-            state_dict.update({prefix + key: value for key, value in self.fit_weights(given, prefix).items()})
-        else:
+        if not self.fit_prefixed(state_dict, prefix):
             print_log(f'{type(self).__name__}: the weights being loaded hold no tensor under {prefix!r}: the '
                       f'backbone ({self.arch_name()}) keeps the weights it has (its initialization, or init_cfg\'s '
                       'file)', logger='current', level=logging.WARNING)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fit_prefixed(self, state_dict, prefix):
+        """In place: the tensors of ``state_dict`` under ``prefix`` replaced by :meth:`fit_weights` of them (this
+        module's names, checked). Returns whether there were any."""
+        keys = [key for key in state_dict if key.startswith(prefix)]
+        if keys:
+            given = {key[len(prefix):]: state_dict.pop(key) for key in keys}
+            state_dict.update({prefix + key: value for key, value in self.fit_weights(given, prefix).items()})
+        return bool(keys)
 
     def fit_weights(self, given, prefix=''):
         """The backbone tensors ``given`` (any public layout, keys without ``prefix``) under this module's names,

@@ -7,8 +7,7 @@ fit, and an error says which parts of the model differ and what to do.
 """
 import torch
 
-from .backbone import ConvNeXt
-from .checkpoint import CheckpointError, read_checkpoint
+from .checkpoint import CheckpointError, StrictLoading, read_checkpoint
 from .demo_data import CLASSES as DEMO_CLASSES
 from .demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
 
@@ -45,11 +44,10 @@ def check_fits(model, checkpoint, checkpoint_path, config_path):
     shape, and nothing else."""
     state = model_state(checkpoint, checkpoint_path)
     backbone = getattr(model, 'backbone', None)
-    if isinstance(backbone, ConvNeXt) and any(key.startswith('backbone.') for key in state):
+    if isinstance(backbone, StrictLoading):
         # The backbone's own rule (any public layout, all or nothing), as every loader applies it.
-        given = {key[len('backbone.'):]: state.pop(key) for key in list(state) if key.startswith('backbone.')}
         try:
-            state.update({'backbone.' + key: value for key, value in backbone.fit_weights(given, 'backbone.').items()})
+            backbone.fit_prefixed(state, 'backbone.')
         except CheckpointError as error:
             raise CheckpointMismatchError(f'checkpoint {checkpoint_path} does not fit the model of {config_path}: '
                                           f'{error}') from error

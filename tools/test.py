@@ -26,6 +26,7 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.data_checks import CHECK_HINT, leaf_datasets
 from convnext_mm.mixed_precision import UnsupportedModelError
 from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu
@@ -122,7 +123,8 @@ def main(argv=None):
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
         return runner.test()
-    except UnsupportedModelError as error:  # --amp on a model it cannot split: the message says what to write
+    # A checkpoint of another backbone; --amp on a model it cannot split: each message says what to write.
+    except (CheckpointError, UnsupportedModelError) as error:
         raise SystemExit(f'error: {error}') from None
     except FileNotFoundError as error:  # most often the data set is not where the config says
         raise SystemExit(f'error: {error}. {CHECK_HINT}') from None
