@@ -242,14 +242,16 @@ def split_init_cfg(init_cfg, pretrained=None):
 
 
 def check_first_consumer(backbone, outs):
-    """Have the first module called after the backbone (the neck, or a decode head's first conv) check, before it
-    runs, that it expects the channels of ``outs`` where it reads them: a config written for another width
-    otherwise stops in torch's "expected input[2, 96, 40, 40] to have 128 channels", naming neither the backbone nor
-    the fix. One global forward pre-hook, removed at that next module call whatever it is, so it costs nothing
-    after it and never runs inside a compiled graph. Returns whether the check was set up (not while tracing or
-    exporting, where hooks do not run as Python)."""
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
+    """On ``backbone``'s first forward, have the first module called after it (the neck, or a decode head's first
+    conv) check, before it runs, that it expects the channels of ``outs`` where it reads them: a config written for
+    another width otherwise stops in torch's "expected input[2, 96, 40, 40] to have 128 channels", naming neither
+    the backbone nor the fix. One global forward pre-hook, removed at that next module call whatever it is, so it
+    costs nothing after it; not set up while compiling, tracing or exporting (hooks do not run as Python there),
+    which leaves the check to the next eager forward."""
+    if (backbone._consumer_checked or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()):
+        return
+    backbone._consumer_checked = True
     refs = [weakref.ref(out) for out in outs]  # the maps themselves are not kept alive by the check
     channels = [out.shape[1] for out in outs]
     handle = None
@@ -268,7 +270,9 @@ def check_first_consumer(backbone, outs):
             got = [a.shape[1] for a in given]
             if isinstance(getattr(module, 'in_index', None), (list, tuple)):  # mmseg's heads select their inputs
                 got = [given[i].shape[1] for i in module.in_index]
-            if isinstance(expected, (list, tuple)) and list(expected) != got:
+            # A list of one width per input it reads (a neck whose in_channels means something else, as the
+            # simple pyramid's level widths, has another length and is left to its own checks).
+            if isinstance(expected, (list, tuple)) and len(expected) == len(got) and list(expected) != got:
                 raise ValueError(_channel_advice(
                     backbone, f'{type(module).__name__} expects in_channels={list(expected)}', channels))
         elif isinstance(given, torch.Tensor) and is_output(given):
@@ -278,7 +282,6 @@ def check_first_consumer(backbone, outs):
                     f'channels where it gets {given.shape[1]}', channels))
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
-    return True
 
 
 def _channel_advice(backbone, problem, channels):
@@ -434,8 +437,7 @@ class ConvNeXt(StrictLoading, BaseModule):
                 # Necks, heads and mmcv ops expect plain NCHW; this copy is small next to a stage.
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
         outs = tuple(outs)
-        if not (self._consumer_checked or torch.compiler.is_compiling()):
-            self._consumer_checked = check_first_consumer(self, outs)
+        check_first_consumer(self, outs)
         return outs
 
     def train(self, mode=True):

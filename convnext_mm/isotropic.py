@@ -16,7 +16,8 @@ from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 
 from . import checkpoint as ckpt
-from .backbone import NORM_EPS, ConvNeXtBlock, LayerNorm2d, check_image, freeze, split_init_cfg
+from .backbone import (NORM_EPS, ConvNeXtBlock, LayerNorm2d, check_first_consumer, check_image, freeze,
+                       split_init_cfg)
 from .registry import register_in_hosts
 
 # The paper's isotropic models (official release: convnext_isotropic_{small,base,large}).
@@ -28,6 +29,11 @@ ISOTROPIC_ARCH_SETTINGS = {
 PATCH_SIZE = 16
 # The classifier's keys in official files (pooled-feature norm and head), left out.
 ISO_CLASSIFIER_KEY = re.compile(r'^(norm|head)\.')
+
+
+def isotropic_preset(depth, dim):
+    """The preset name of ``depth`` and ``dim`` ('small', ...), or None for a custom arch."""
+    return next((name for name, s in ISOTROPIC_ARCH_SETTINGS.items() if s == dict(depth=depth, dim=dim)), None)
 
 
 def resolve_isotropic_arch(arch):
@@ -127,6 +133,7 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dim, eps=NORM_EPS))
         self._freeze_blocks()
+        self._consumer_checked = False  # check_first_consumer, once
 
     def init_weights(self):
         # As ConvNeXt: the other initializers, then the file, checked by the model's own loading.
@@ -151,7 +158,7 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
         dim = stem.shape[0] if stem is not None else None
         file_gamma = any(k.endswith('.gamma') for k in converted)
         model_gamma = self.blocks[0].gamma is not None
-        preset = next((name for name, s in ISOTROPIC_ARCH_SETTINGS.items() if s == dict(depth=depth, dim=dim)), None)
+        preset = isotropic_preset(depth, dim)
         write = []
         if (depth, dim) != (self.depth, self.dim):
             write.append(f"arch='{preset}'" if preset else f'arch=dict(depth={depth}, dim={dim})')
@@ -163,8 +170,7 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
                 f'layer scale; the config builds {self.arch_name()}. {advice}. {problems}')
 
     def arch_name(self):
-        preset = next((name for name, s in ISOTROPIC_ARCH_SETTINGS.items()
-                       if s == dict(depth=self.depth, dim=self.dim)), None)
+        preset = isotropic_preset(self.depth, self.dim)
         gamma = 'with' if self.blocks[0].gamma is not None else 'without'
         return (f'ConvNeXt-{preset} (iso.)' if preset else f'an isotropic ConvNeXt of {self.depth} blocks x '
                 f'{self.dim}') + f', {gamma} layer scale'
@@ -184,7 +190,9 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
             if i == last:
                 break  # blocks after the last output would only cost time
-        return tuple(outs)
+        outs = tuple(outs)
+        check_first_consumer(self, outs)
+        return outs
 
     def train(self, mode=True):
         super().train(mode)
