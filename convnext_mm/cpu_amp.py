@@ -26,7 +26,7 @@ import torch
 from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
-from .mixed_precision import HEAD_NAMES, to_float32
+from .mixed_precision import HEAD_NAMES, layer_calls, to_float32, unwrap_model
 from .registry import register_in_hosts
 
 # Heads whose forward runs in bfloat16 besides HEAD_NAMES: mmseg's auxiliary heads.
@@ -67,18 +67,13 @@ class CPUAmpOptimWrapper(OptimWrapper):
 
     def _wrap_layers(self, model):
         """Once per model: its ``extract_feat`` and heads' ``forward`` under bf16 autocast inside the context."""
-        inner = model
-        while hasattr(inner, 'module'):  # DDP
-            inner = inner.module
+        inner = unwrap_model(model)
         self._whole_step = not hasattr(inner, 'extract_feat')
         if self._whole_step or id(inner) in self._wrapped:
             return
         self._wrapped.add(id(inner))
-        _wrap(inner, 'extract_feat')
-        for name, module in inner.named_modules():
-            if name.split('.')[-1] in TRAINED_HEAD_NAMES:
-                for head in (module if isinstance(module, torch.nn.ModuleList) else [module]):  # cascade stages
-                    _wrap(head, 'forward')
+        for owner, name in layer_calls(inner, TRAINED_HEAD_NAMES):
+            _wrap(owner, name)
 
 
 def _wrap(owner, name):

@@ -38,22 +38,34 @@ def autocast_network(model, dtype=None):
     Only inference changes: in training mode (``model.train()``) every wrapped call runs as before, so a training
     run that validates with the wrapped model still trains in its own precision.
     """
-    inner = model
-    while hasattr(inner, 'module'):  # mmengine's TTA models and DDP wrap the detector or segmentor
-        inner = inner.module
+    inner = unwrap_model(model)
     if not (hasattr(inner, 'extract_feat') and hasattr(inner, 'predict')):
         raise UnsupportedModelError(
             'mixed-precision inference (--amp, test_cfg.fp16) runs mmdet detectors and mmseg segmentors (a model '
             f'with extract_feat and predict); {type(inner).__name__} is neither: test it in float32 (drop --amp, or '
             'set test_cfg.fp16=False)')
     _wrap(inner, 'predict', _in_float32)
-    _wrap(inner, 'extract_feat', _in_autocast(dtype))
-    for name, module in inner.named_modules():
-        if name.split('.')[-1] in HEAD_NAMES:
-            heads = module if isinstance(module, torch.nn.ModuleList) else [module]  # cascade: one per stage
-            for head in heads:
-                _wrap(head, 'forward', _in_autocast(dtype))
+    for owner, name in layer_calls(inner):
+        _wrap(owner, name, _in_autocast(dtype))
     return model
+
+
+def unwrap_model(model):
+    """The detector or segmentor inside mmengine's TTA model and DDP wrappers."""
+    while hasattr(model, 'module'):
+        model = model.module
+    return model
+
+
+def layer_calls(model, head_names=HEAD_NAMES):
+    """``(owner, method name)`` of the calls that are ``model``'s layers: its ``extract_feat`` (backbone and neck)
+    and each head's ``forward`` (a cascade's ModuleList: one per stage)."""
+    calls = [(model, 'extract_feat')]
+    for name, module in model.named_modules():
+        if name.split('.')[-1] in head_names:
+            heads = module if isinstance(module, torch.nn.ModuleList) else [module]
+            calls += [(head, 'forward') for head in heads]
+    return calls
 
 
 @register_in_hosts('HOOKS')
