@@ -401,3 +401,33 @@ def test_mmengine_load_checkpoint_of_another_depth_stops(tmp_path):
     model = ConvNeXtIsotropic(arch=dict(depth=4, dim=32))
     with pytest.raises(CheckpointError, match=r'isotropic ConvNeXt of 5 blocks x 32.*not in this backbone: blocks\.4\.'):
         load_checkpoint(model, path, map_location='cpu')
+
+
+def test_a_neck_written_for_another_width_names_the_isotropic_arch():
+    """The first module after the backbone checks its in_channels (mmseg's MultiLevelNeck of the UperNet configs)."""
+    from mmseg.models.necks import MultiLevelNeck
+    backbone = ConvNeXtIsotropic(arch=dict(depth=2, dim=32), out_indices=(0, 1)).eval()
+    neck = MultiLevelNeck(in_channels=[64, 64], out_channels=16, scales=[1, 1])
+    with pytest.raises(ValueError) as error, torch.no_grad():
+        neck(backbone(torch.randn(1, 3, 64, 64)))
+    message = str(error.value)
+    assert 'MultiLevelNeck expects in_channels=[64, 64]' in message
+    assert 'an isotropic ConvNeXt of 2 blocks x 32, without layer scale, outputs [32, 32]' in message
+
+
+def test_the_tools_whole_model_check_applies_the_isotropic_backbones_rule(tmp_path):
+    """trained.check_fits (tools/infer.py, tools/export_onnx.py) runs the backbone's own rule for this model too."""
+    from convnext_mm.trained import CheckpointMismatchError, check_fits
+
+    class Detector(torch.nn.Module):
+        def __init__(self, depth):
+            super().__init__()
+            self.backbone = ConvNeXtIsotropic(arch=dict(depth=depth, dim=32))
+
+    model = Detector(2)
+    fitting = {'state_dict': {'backbone.' + k: v for k, v in Detector(2).backbone.state_dict().items()}}
+    assert sorted(check_fits(model, fitting, 'same.pth', 'config.py')) == sorted(model.state_dict())
+    deeper = {'state_dict': {'backbone.' + k: v for k, v in Detector(3).backbone.state_dict().items()}}
+    with pytest.raises(CheckpointMismatchError, match=r'deeper\.pth does not fit the model of config\.py: .*'
+                                                     r'isotropic ConvNeXt of 3 blocks x 32.*Write arch=dict'):
+        check_fits(model, deeper, 'deeper.pth', 'config.py')

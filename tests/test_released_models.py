@@ -23,7 +23,7 @@ from convnext_mm import ConvNeXt
 from convnext_mm.checkpoint import CheckpointError
 
 from checkpoint_layouts import timm_layout, whole_model_in_layout
-from project import CASCADE_T, ROOT, UPERNET_T, host_tool
+from project import CASCADE_T, ROOT, UPERNET_T, host_tool, load_tool
 from tiny_data import write_ade, write_coco
 from tiny_models import ATTO_ARCH, randomize_whole_model, shrink_cascade, shrink_upernet
 
@@ -267,6 +267,19 @@ def test_a_small_detector_file_into_a_tiny_config_stops_and_names_both(tmp_path)
     assert 'stage 3 (stages.2) has 27 blocks of 384 channels there, 9 of 384 here' in message
     assert "Write arch='small' in the config's model.backbone" in message
     assert all(torch.equal(v, before[k]) for k, v in backbone_state(model).items())  # nothing half-loaded
+
+
+def test_our_test_tool_stops_on_a_file_of_another_backbone_with_the_fix(detection, tmp_path):
+    """tools/test.py names both sizes and what to write, instead of a traceback from inside mmengine."""
+    config, source, _, _ = detection
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith('backbone.')}
+    state.update({'backbone.' + k: v for k, v in ConvNeXt(arch='femto').state_dict().items()})
+    torch.save(dict(state_dict=state), tmp_path / 'femto_backbone.pth')
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('test').main([config, str(tmp_path / 'femto_backbone.pth'), '--work-dir', str(tmp_path / 'work')])
+    message = str(exit_info.value.code)
+    assert message.startswith('error: ') and 'they are ConvNeXt-femto, the config builds ConvNeXt-atto' in message
+    assert "Write arch='femto' in the config's model.backbone" in message
 
 
 def test_a_heads_only_file_leaves_the_backbone_and_says_so(detection, tmp_path, caplog):
