@@ -179,10 +179,11 @@ def _read_download(url):
 
 def is_safetensors(path):
     """Whether the file is in the safetensors format (an 8-byte header length, then the JSON header), whatever
-    its name."""
+    its name. torch's files never hold '{' there: a zip archive's compression method, or the pickled magic
+    number of the legacy format."""
     with open(path, 'rb') as f:
         start = f.read(9)
-    return len(start) == 9 and start[8:9] == b'{' and not zipfile.is_zipfile(path)
+    return start[8:9] == b'{'
 
 
 def _read_file(path):
