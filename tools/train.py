@@ -71,8 +71,11 @@ def build_config(args):
         raise SystemExit(f'error: {error}')
 
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper' if cuda_available() else 'CPUAmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
+        if cuda_available():
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.loss_scale = 'dynamic'
+        else:  # bfloat16 needs no loss scaling
+            cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
 
     if args.auto_scale_lr:
         if 'enable' not in cfg.get('auto_scale_lr', {}) or 'base_batch_size' not in cfg.auto_scale_lr:
