@@ -6,7 +6,6 @@ LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
 The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
 """
 import warnings
-import weakref
 
 import torch
 import torch.nn as nn
@@ -16,10 +15,10 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import PretrainedInit
+from mmengine.registry import MODELS
 
 from .checkpoint import CheckpointError, StrictLoading, arch_of_state_dict, load_pretrained, to_backbone_names
 from . import cpu_fast_path
-from .registry import register_in_hosts
 
 # Depths and widths from the ConvNeXt (V1) and ConvNeXt V2 papers.
 ARCH_SETTINGS = {
@@ -39,6 +38,7 @@ TOTAL_STRIDE = 32
 NORM_EPS = 1e-6
 
 
+@MODELS.register_module(name='ConvNeXtLayerNorm2d')
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW tensor ("channels-first" in the paper's code)."""
 
@@ -241,57 +241,7 @@ def split_init_cfg(init_cfg, pretrained=None):
     return pretrained_cfg, others or None
 
 
-def check_first_consumer(backbone, outs):
-    """On ``backbone``'s first forward, have the first module called after it (the neck, or a decode head's first
-    conv) check, before it runs, that it expects the channels of ``outs`` where it reads them: a config written for
-    another width otherwise stops in torch's "expected input[2, 96, 40, 40] to have 128 channels", naming neither
-    the backbone nor the fix. One global forward pre-hook, removed at that next module call whatever it is, so it
-    costs nothing after it; not set up while compiling, tracing or exporting (hooks do not run as Python there),
-    which leaves the check to the next eager forward."""
-    if (backbone._consumer_checked or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.onnx.is_in_onnx_export()):
-        return
-    backbone._consumer_checked = True
-    refs = [weakref.ref(out) for out in outs]  # the maps themselves are not kept alive by the check
-    channels = [out.shape[1] for out in outs]
-    handle = None
-
-    def is_output(tensor):
-        return any(tensor is ref() for ref in refs)
-
-    @torch.compiler.disable
-    def check(module, args):
-        handle.remove()
-        if not args:
-            return
-        expected = getattr(module, 'in_channels', None)
-        given = args[0]
-        if isinstance(given, (tuple, list)) and given and all(is_output(a) for a in given):
-            got = [a.shape[1] for a in given]
-            if isinstance(getattr(module, 'in_index', None), (list, tuple)):  # mmseg's heads select their inputs
-                got = [given[i].shape[1] for i in module.in_index]
-            # A list of one width per input it reads (a neck whose in_channels means something else, as the
-            # simple pyramid's level widths, has another length and is left to its own checks).
-            if isinstance(expected, (list, tuple)) and len(expected) == len(got) and list(expected) != got:
-                raise ValueError(_channel_advice(
-                    backbone, f'{type(module).__name__} expects in_channels={list(expected)}', channels))
-        elif isinstance(given, torch.Tensor) and is_output(given):
-            if isinstance(expected, int) and expected != given.shape[1]:
-                raise ValueError(_channel_advice(
-                    backbone, f'{type(module).__name__}, the first layer that reads its output, expects {expected} '
-                    f'channels where it gets {given.shape[1]}', channels))
-
-    handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
-
-
-def _channel_advice(backbone, problem, channels):
-    return (f'{problem}, but the backbone, {backbone.arch_name()}, outputs {channels} channels at out_indices '
-            f'{backbone.out_indices}. Write in_channels={channels} in the config\'s neck (e.g. '
-            f'neck=dict(in_channels={channels})) or, without a neck, in decode_head (with in_index) and '
-            'auxiliary_head, or pick the arch the neck was written for.')
-
-
-@register_in_hosts('MODELS')
+@MODELS.register_module()
 class ConvNeXt(StrictLoading, BaseModule):
     """ConvNeXt backbone emitting one LayerNorm-ed feature map per index in ``out_indices``.
 
@@ -372,7 +322,6 @@ class ConvNeXt(StrictLoading, BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dims[i], eps=NORM_EPS))
         self._freeze_stages()
-        self._consumer_checked = False  # check_first_consumer, once
         if compile:
             # Module.compile keeps the module tree and parameter names (checkpoints, layer decay) as they are.
             self.compile(**{'dynamic': False, **(compile if isinstance(compile, dict) else {})})
@@ -417,6 +366,11 @@ class ConvNeXt(StrictLoading, BaseModule):
         return (f'they are {file_arch}, the config builds {self.arch_name()}'
                 + (f' ({"; ".join(differences)})' if differences else '') + f'. {advice}. {problems}')
 
+    @property
+    def out_channels(self):
+        """The width of each output, in the order of ``out_indices``."""
+        return [self.dims[i] for i in self.out_indices]
+
     def arch_name(self):
         """'ConvNeXt-tiny', 'ConvNeXt V2-atto' or the depths and dims of a custom arch: for messages."""
         name = arch_preset(self.depths, self.dims)
@@ -436,9 +390,7 @@ class ConvNeXt(StrictLoading, BaseModule):
             if i in self.out_indices:
                 # Necks, heads and mmcv ops expect plain NCHW; this copy is small next to a stage.
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
-        outs = tuple(outs)
-        check_first_consumer(self, outs)
-        return outs
+        return tuple(outs)
 
     def train(self, mode=True):
         super().train(mode)

@@ -27,14 +27,13 @@ from mmengine.optim import OptimWrapper
 from mmengine.registry import OPTIM_WRAPPERS
 
 from .mixed_precision import HEAD_NAMES, layer_calls, to_float32, unwrap_model
-from .registry import register_in_hosts
 
 # Heads whose forward runs in bfloat16 besides HEAD_NAMES: mmseg's auxiliary heads.
 TRAINED_HEAD_NAMES = HEAD_NAMES + ('auxiliary_head', )
 _STATE = threading.local()  # whether this thread is inside a CPUAmpOptimWrapper's optim_context
 
 
-@register_in_hosts('OPTIM_WRAPPERS')
+@OPTIM_WRAPPERS.register_module()
 class CPUAmpOptimWrapper(OptimWrapper):
     """mmengine's OptimWrapper with the network's layers in bfloat16 on the CPU (see the module doc)."""
 
@@ -91,11 +90,3 @@ def _wrap(owner, name):
     in_bf16.cpu_amp = True
     setattr(owner, name, in_bf16)
 
-
-def _register_in_mmengine():
-    # mmengine's own registry too: mmengine's Runner and build_optim_wrapper outside mmdet's or mmseg's scope.
-    if OPTIM_WRAPPERS.get('CPUAmpOptimWrapper') is None:
-        OPTIM_WRAPPERS.register_module(module=CPUAmpOptimWrapper)
-
-
-_register_in_mmengine()

@@ -14,10 +14,10 @@ import os.path as osp
 import sys
 
 from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 from mmengine.utils import ProgressBar
 
 from .demo_data import DEMO_ROOT, MAKERS, ensure_demo_set
-from .registry import register_in_hosts
 
 CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 # paper config -> its demo config, under configs/
@@ -43,7 +43,7 @@ def demo_config_file(config):
                      'and run it without --demo.')
 
 
-@register_in_hosts('HOOKS')
+@HOOKS.register_module()
 class DemoDataHook(Hook):
     """Generates the demo's ``kind`` set ('coco' or 'ade') at ``data_root`` unless a complete copy is there.
 
@@ -66,7 +66,7 @@ class DemoDataHook(Hook):
             ensure_demo_set(kind, folder, ours=ours)
 
 
-@register_in_hosts('HOOKS')
+@HOOKS.register_module()
 class EvalProgressBarHook(Hook):
     """A progress bar over the validation or test images while they are evaluated."""
 

@@ -14,11 +14,10 @@ import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
+from mmengine.registry import MODELS
 
 from . import checkpoint as ckpt
-from .backbone import (NORM_EPS, ConvNeXtBlock, LayerNorm2d, check_first_consumer, check_image, freeze,
-                       split_init_cfg)
-from .registry import register_in_hosts
+from .backbone import NORM_EPS, ConvNeXtBlock, LayerNorm2d, check_image, freeze, split_init_cfg
 
 # The paper's isotropic models (official release: convnext_isotropic_{small,base,large}).
 ISOTROPIC_ARCH_SETTINGS = {
@@ -70,7 +69,7 @@ def resolve_block_indices(out_indices, depth):
     return tuple(sorted(resolved))
 
 
-@register_in_hosts('MODELS')
+@MODELS.register_module()
 class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
     """Isotropic ConvNeXt backbone: a stride-16 patchify stem and one stack of ConvNeXt blocks at a single width,
     emitting one LayerNorm-ed stride-16 map per block index in ``out_indices``.
@@ -133,7 +132,6 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(dim, eps=NORM_EPS))
         self._freeze_blocks()
-        self._consumer_checked = False  # check_first_consumer, once
 
     def init_weights(self):
         # As ConvNeXt: the other initializers, then the file, checked by the model's own loading.
@@ -169,6 +167,11 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
         return (f'they are an isotropic ConvNeXt of {depth} blocks x {dim}, {"with" if file_gamma else "without"} '
                 f'layer scale; the config builds {self.arch_name()}. {advice}. {problems}')
 
+    @property
+    def out_channels(self):
+        """The width of each output (all at stride 16), in the order of ``out_indices``."""
+        return [self.dim] * len(self.out_indices)
+
     def arch_name(self):
         preset = isotropic_preset(self.depth, self.dim)
         gamma = 'with' if self.blocks[0].gamma is not None else 'without'
@@ -190,9 +193,7 @@ class ConvNeXtIsotropic(ckpt.StrictLoading, BaseModule):
                 outs.append(getattr(self, f'norm{i}')(x).contiguous())
             if i == last:
                 break  # blocks after the last output would only cost time
-        outs = tuple(outs)
-        check_first_consumer(self, outs)
-        return outs
+        return tuple(outs)
 
     def train(self, mode=True):
         super().train(mode)

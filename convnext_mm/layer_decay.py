@@ -20,11 +20,11 @@ from mmengine.device import is_cuda_available, is_mlu_available, is_musa_availab
 from mmengine.logging import MMLogger
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm, _InstanceNorm
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from .backbone import ConvNeXt
 from .isotropic import ConvNeXtIsotropic
-from .registry import register_in_hosts
 
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 PARAMWISE_KEYS = ('decay_rate', 'decay_type', 'num_layers', 'custom_keys', 'bias_decay_mult', 'norm_decay_mult')
@@ -112,7 +112,7 @@ def format_table(groups, header):
     return '\n'.join(lines)
 
 
-@register_in_hosts('OPTIM_WRAPPER_CONSTRUCTORS')
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """mmengine optimizer-wrapper constructor with the official ConvNeXt layer-wise learning-rate decay.
 

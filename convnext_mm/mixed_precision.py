@@ -17,9 +17,8 @@ nearly all of the gain. :class:`AutocastNetworkHook` (in the configs' ``custom_h
 """
 import torch
 from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
 from mmengine.runner.amp import autocast
-
-from .registry import register_in_hosts
 
 # What mmdet and mmseg call the layers a model's predictions come from; a model may lack some (a single-stage
 # detector has no rpn_head). Heads of other names (HTC's semantic head, ...) stay in float32: correct, not faster.
@@ -68,7 +67,7 @@ def layer_calls(model, head_names=HEAD_NAMES):
     return calls
 
 
-@register_in_hosts('HOOKS')
+@HOOKS.register_module()
 class AutocastNetworkHook(Hook):
     """:func:`autocast_network` on the runner's model before a validation or test loop whose config sets
     ``fp16=True`` (``val_cfg``/``test_cfg``, mmengine's switch): that loop's own autocast would otherwise run mmcv's

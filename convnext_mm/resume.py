@@ -30,10 +30,10 @@ import torch
 from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
 from .checkpoint import SAFE_GLOBALS
-from .registry import register_in_hosts
 
 # What an mmengine checkpoint holds beyond tensors and plain containers: numpy data (SAFE_GLOBALS) and the
 # message hub's HistoryBuffer (its logged values), rebuilt by calling the class (see _reduce_history_buffer).
@@ -102,7 +102,7 @@ def set_random_state(state, generators=('torch', 'numpy', 'python', 'cuda')):
         random.setstate(state['python'])
 
 
-@register_in_hosts('HOOKS')
+@HOOKS.register_module()
 class RandomStateHook(Hook):
     """Saves the random generators' state with each checkpoint and restores it when training resumes.
 

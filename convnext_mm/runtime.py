@@ -29,12 +29,12 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import MODELS, init_default_scope
 
 from .demo import demo_config_file
-from .registry import HOST_LIBRARIES
 
 # (height, width) of the paper's detection FLOPs.
 DETECTION_FLOPS_SIZE = (800, 1280)
 AMP_ONLY_KEYS = ('loss_scale', 'dtype', 'use_fsdp')
 SYNC_BN_TYPES = ('SyncBN', 'MMSyncBN')
+HOST_LIBRARIES = ('mmdet', 'mmseg')
 
 
 def apply_cfg_options(cfg, options):

@@ -9,46 +9,24 @@ scale 1/2 (stride 32) by a 2x2 max pool. Each level then a 1x1 conv + norm and a
 
 The layout and arguments follow mmdet 3.x's ``projects/ViTDet`` ``SimpleFPN`` (``backbone_channel``,
 ``in_channels=[C/4, C/2, C, C]``, ``out_channels``, ``num_outs``, ``norm_cfg``), whose module names
-(``fpn1..fpn4``, ``lateral_convs``, ``fpn_convs``) this keeps. ``norm_cfg=dict(type='LN2d')`` is a channels-first
-LayerNorm (this package registers ``LN2d`` in mmdet's and mmseg's MODELS where nothing else has, so heads' configs
-can use it as ViTDet's do).
+(``fpn1..fpn4``, ``lateral_convs``, ``fpn_convs``) this keeps. Its norms are ViTDet's channels-first LayerNorm,
+registered as ``ConvNeXtLayerNorm2d`` (ViTDet's configs call theirs ``LN2d``: that name stays free for them), which
+the heads' configs use too.
 """
-import importlib
-import importlib.util
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
+from mmengine.registry import MODELS
 
-from .backbone import NORM_EPS, LayerNorm2d
-from .registry import HOST_LIBRARIES, register_in_hosts
+from .backbone import NORM_EPS
 
-DEFAULT_NORM_CFG = dict(type='LN2d', eps=NORM_EPS)
-
-
-def register_ln2d():
-    """``LN2d`` (channels-first LayerNorm, as ViTDet's and mmpretrain's) in the host libraries' MODELS, where no
-    other package (mmdet's ViTDet project) registered one first: registering twice would be an error there."""
-    for library in HOST_LIBRARIES:
-        if importlib.util.find_spec(library) is None:
-            continue
-        registry = importlib.import_module(f'{library}.registry').MODELS
-        if 'LN2d' not in registry.module_dict:
-            registry.register_module(name='LN2d', module=LayerNorm2d)
-
-
-register_ln2d()
+DEFAULT_NORM_CFG = dict(type='ConvNeXtLayerNorm2d', eps=NORM_EPS)
 
 
 def norm_layer(norm_cfg, channels):
-    """A norm of ``channels`` from ``norm_cfg``; ``LN2d`` resolved here, so the neck builds outside a registry scope
-    too (mmcv's build_norm_layer looks names up in the current default scope)."""
-    cfg = dict(norm_cfg)
-    if cfg.get('type') == 'LN2d':
-        cfg['type'] = LayerNorm2d
-    return build_norm_layer(cfg, channels)[1]
+    return build_norm_layer(norm_cfg, channels)[1]
 
 
 def conv_norm(in_channels, out_channels, kernel_size, norm_cfg):
@@ -58,7 +36,7 @@ def conv_norm(in_channels, out_channels, kernel_size, norm_cfg):
         norm_layer(norm_cfg, out_channels) if norm_cfg is not None else nn.Identity())
 
 
-@register_in_hosts('MODELS')
+@MODELS.register_module()
 class SimpleFeaturePyramid(BaseModule):
     """ViTDet's simple feature pyramid from one stride-16 map (see the module doc).
 

@@ -8,15 +8,14 @@ import signal
 
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
-
-from convnext_mm.registry import register_in_hosts
+from mmengine.registry import HOOKS
 
 
 def _die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-@register_in_hosts('HOOKS')
+@HOOKS.register_module()
 class SigkillHook(Hook):
     """``after_iter=N``: die once iteration N is done; ``during_save_at_iter=N``: die while the checkpoint
     of iteration N is being written (its bytes are in a file, the rename that publishes it has not happened).

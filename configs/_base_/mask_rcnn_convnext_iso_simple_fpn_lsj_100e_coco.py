@@ -27,7 +27,7 @@ custom_hooks = [dict(type='RandomStateHook'), dict(type='AutocastNetworkHook')]
 
 image_size = (1024, 1024)
 # ViTDet's norm after every conv of the neck and heads: a channels-first LayerNorm (eps as detectron2's).
-norm_cfg = dict(type='LN2d', eps=1e-6)
+norm_cfg = dict(type='ConvNeXtLayerNorm2d', eps=1e-6)
 model = dict(
     data_preprocessor=dict(
         pad_size_divisor=32,
