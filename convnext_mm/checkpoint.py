@@ -27,14 +27,12 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 # What a checkpoint may hold beyond tensors, for torch's safe (weights_only) unpickler: numpy arrays and
 # scalars (mmengine and mmpretrain store them in their metadata) and argparse.Namespace (training args).
+# Allowed only while this module reads a file (:func:`_read_file`); the process's own list is left as it is.
 SAFE_GLOBALS = [
     np.core.multiarray._reconstruct, np.core.multiarray.scalar, np.ndarray, np.dtype, argparse.Namespace,
     *{type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16,
                                   np.uint32, np.uint64, np.float16, np.float32, np.float64)},
 ]
-# Registered once, for the whole process: torch's scoped `safe_globals` context removes its types again on
-# exit, which would also take them from every other loader (mmengine's resume) that relies on them.
-torch.serialization.add_safe_globals(SAFE_GLOBALS)
 
 # The one rename table: (pattern, replacement) applied in order to each key of a backbone (its prefix removed), mapping
 # every public layout onto the official names, which are convnext_mm's own: downsample_layers.I.J,
@@ -189,8 +187,11 @@ def is_safetensors(path):
 def _read_file(path):
     if is_safetensors(path):
         return _read_safetensors(path)
+    # Only the types the process does not allow already: torch's context takes its own list away again on exit.
+    allowed = set(torch.serialization.get_safe_globals())
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals([g for g in SAFE_GLOBALS if g not in allowed]):
+            return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
         if 'Unsupported global' not in str(error):  # not a refused object: the bytes are no pickle at all
             raise _corrupt(path, error) from error
@@ -228,10 +229,19 @@ def load_from_safetensors(filename, map_location=None):
     return checkpoint
 
 
-# mmengine picks a loader by matching these patterns at the start of the path (longest first), so they come
-# before its local loader and after its URL schemes.
-CheckpointLoader.register_scheme(prefixes=[r'(?!\w+://).*\.safetensors$', HF_HUB_PREFIX],
-                                 loader=load_from_safetensors, force=True)
+def register_loader_schemes():
+    """Add :func:`load_from_safetensors` to mmengine's checkpoint loaders for ``.safetensors`` paths and ``hf-hub:``
+    names, each only where no loader has that prefix yet (a host's own loader stays). mmengine picks a loader by
+    matching these patterns at the start of the path (longest first), so they come before its local loader and
+    after its URL schemes."""
+    for prefix in (r'(?!\w+://).*\.safetensors$', HF_HUB_PREFIX):
+        try:
+            CheckpointLoader.register_scheme(prefixes=prefix, loader=load_from_safetensors)
+        except KeyError:  # registered already (by the host, or by an earlier import of this module)
+            pass
+
+
+register_loader_schemes()
 
 
 def unwrap_state_dict(checkpoint):

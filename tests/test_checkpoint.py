@@ -10,7 +10,7 @@ import torch
 from mmengine.logging import MMLogger
 
 from convnext_mm import ConvNeXt
-from convnext_mm.checkpoint import CheckpointError, load_pretrained
+from convnext_mm.checkpoint import CheckpointError, load_pretrained, read_checkpoint
 
 from checkpoint_layouts import (backbone_tensors, ddp_detector_checkpoint, ddp_module_file, fcmae_layout,
                                 make_source, mmpretrain_conv_layout, mmpretrain_layout, official_layout,
@@ -331,10 +331,9 @@ def test_half_an_output_norm_is_an_error(tmp_path):
         build_pretrained(path)
 
 
-def test_checkpoint_module_itself_registers_its_safe_globals(tmp_path):
-    """convnext_mm/checkpoint.py, run on its own in a process where no type is allowed yet, makes numpy metadata
-    loadable (resume.py registers a superset when the package is imported, which would hide a lapse here)."""
-    import importlib.util
+def test_numpy_metadata_is_read_without_touching_the_process_safe_globals(tmp_path):
+    """A file holding numpy metadata (mmpretrain's) loads through the backbone's reader, which allows those types
+    for its own torch.load only: the process's list is the same before and after, a type the host allowed stays."""
     path = tmp_path / 'mmpretrain.pth'
     torch.save(mmpretrain_layout(make_source()), path)
     allowed = torch.serialization.get_safe_globals()
@@ -342,22 +341,46 @@ def test_checkpoint_module_itself_registers_its_safe_globals(tmp_path):
     try:
         with pytest.raises(Exception, match='Unsupported global'):
             torch.load(path)
-        spec = importlib.util.spec_from_file_location('checkpoint_alone',
-                                                      osp.join(ROOT, 'convnext_mm', 'checkpoint.py'))
-        spec.loader.exec_module(importlib.util.module_from_spec(spec))
-        assert torch.load(path)['meta']['epoch'] == 300
+        assert read_checkpoint(path)['meta']['epoch'] == 300
+        assert torch.serialization.get_safe_globals() == []
+        torch.serialization.add_safe_globals([np.dtype])  # the host's own
+        assert read_checkpoint(path)['meta']['epoch'] == 300
+        assert torch.serialization.get_safe_globals() == [np.dtype]
     finally:
         torch.serialization.clear_safe_globals()
         torch.serialization.add_safe_globals(allowed)
 
 
-def test_loading_leaves_numpy_metadata_loadable_for_other_loaders(tmp_path):
-    # mmengine's resume calls torch.load(weights_only default) after the backbone has loaded its weights.
-    pretrained, resumable = tmp_path / 'pretrained.pth', tmp_path / 'iter_10.pth'
-    torch.save(own_backbone_file(make_source()), pretrained)
-    torch.save(own_detector_checkpoint(make_source()), resumable)
+def test_loading_leaves_the_process_safe_globals_as_they_were(tmp_path):
+    pretrained = tmp_path / 'pretrained.pth'
+    torch.save(own_detector_checkpoint(make_source()), pretrained)
+    before = set(torch.serialization.get_safe_globals())
     build_pretrained(pretrained)
-    assert torch.load(resumable)['meta']['iter'] == 10
+    assert set(torch.serialization.get_safe_globals()) == before
+
+
+def test_loader_schemes_replace_no_loader_of_the_host():
+    """.safetensors and hf-hub: loaders are added only where mmengine has none for those prefixes: a host's own
+    loader, registered before the import, stays."""
+    import importlib.util
+    from mmengine.runner import CheckpointLoader
+
+    from convnext_mm.checkpoint import load_from_safetensors
+    schemes = dict(CheckpointLoader._schemes)
+    assert schemes['hf-hub:'] is load_from_safetensors
+
+    def host_loader(filename, map_location=None):
+        return {}
+    try:
+        CheckpointLoader._schemes.pop('hf-hub:')
+        CheckpointLoader.register_scheme('hf-hub:', host_loader)
+        spec = importlib.util.spec_from_file_location('checkpoint_again', osp.join(ROOT, 'convnext_mm', 'checkpoint.py'))
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))  # a second import adds nor replaces anything
+        assert CheckpointLoader._schemes['hf-hub:'] is host_loader
+        assert set(CheckpointLoader._schemes) == set(schemes)
+    finally:
+        CheckpointLoader._schemes.clear()
+        CheckpointLoader._schemes.update(schemes)
 
 
 def test_checkpoint_of_convnext_mm_0_1_resumes_through_mmengine(tmp_path):
