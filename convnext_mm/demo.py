@@ -17,7 +17,6 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.utils import ProgressBar
 
-from .demo_data import DEMO_ROOT, MAKERS, ensure_demo_set
 
 CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 # paper config -> its demo config, under configs/
@@ -55,6 +54,7 @@ class DemoDataHook(Hook):
     """
 
     def __init__(self, kind, data_root):
+        from .demo_data import DEMO_ROOT, MAKERS, ensure_demo_set  # OpenCV: imported by the demo's runs only
         if kind not in MAKERS:
             raise ValueError(f'DemoDataHook: kind={kind!r}; the demo sets are {sorted(MAKERS)}')
         folder = str(data_root).rstrip('/')

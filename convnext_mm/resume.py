@@ -1,26 +1,21 @@
-"""Interrupted training that resumes as if never stopped: safe loading, atomic saving, random state.
+"""Interrupted training that resumes as if never stopped, declared in a config and scoped to its run.
 
-Importing convnext_mm sets up the first two for every mmengine Runner; the third is a hook configs list.
+Three pieces, each named in the paper configs; a config that names none of them saves and resumes as mmengine does.
 
-1. Safe loading. Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``: a restricted unpickler
-   that builds only tensors, containers and allow-listed types. mmengine 0.10.7 calls ``torch.load``
-   without ``weights_only`` in all of its checkpoint loaders (local files, URLs, ``open-mmlab://``), and its
-   own checkpoints hold numpy arrays and dtypes and the message hub's ``HistoryBuffer`` objects, so resuming
-   fails. We register exactly those types with ``torch.serialization.add_safe_globals``, once, at import:
-   every loader keeps the safe unpickler (anything else in a file is still refused), and nothing in mmengine
-   is patched. A scoped alternative (re-registering mmengine's local loader with a ``safe_globals`` context)
-   would miss its URL loaders and copy its code; the types allowed are plain data, harmless to allow globally.
-   By default pickle stores a ``HistoryBuffer`` with its statistics functions, as ``getattr(HistoryBuffer,
-   'mean')``; allowing ``getattr`` would open the safe loader wide, so a ``copyreg`` reducer stores it as a
-   call of its own constructor with its two arrays instead.
-2. Atomic saving. mmengine writes a checkpoint with ``open(path, 'wb').write(...)`` through its file
-   backend, so a run killed mid-save leaves a truncated file under the final name. :class:`AtomicLocalBackend`
-   replaces mmengine's local backend (its registered extension point) and writes to a temporary file in the
-   same folder, then renames it over the final name: a checkpoint file either is complete or does not exist.
-3. Random state. :class:`RandomStateHook` stores the random generators in each checkpoint and restores
-   them on resume, so RoI sampling, drop path and augmentation draw what the uninterrupted run would have.
+1. :class:`SafeCheckpointHook` (``custom_hooks``): checkpoints of plain data. Since torch 2.6 ``torch.load`` defaults
+   to ``weights_only=True``, a restricted unpickler that builds tensors, containers and a few allow-listed types.
+   mmengine 0.10.7 loads its own checkpoints that way (``--resume``, ``load_from``) and fails on what it wrote: the
+   message hub's logged values are ``HistoryBuffer`` objects holding numpy arrays. The hook stores them as tensors
+   when a checkpoint is saved and rebuilds them when one is loaded, so mmdet's and mmseg's own ``tools/train.py
+   --resume`` read the file with torch's safe loader as it is.
+2. ``atomic_local`` (a file backend, selected by ``default_hooks.checkpoint.backend_args``): mmengine writes a
+   checkpoint with ``open(path, 'wb').write(...)``, so a run killed mid-save leaves a truncated file under the
+   final name. This backend writes to a temporary file beside it and renames it over the final name: a checkpoint
+   file either is complete or does not exist. Registered under its own name; mmengine's ``local`` backend stays.
+3. :class:`RandomStateHook` (``custom_hooks``): the random generators' state in each checkpoint (as tensors and
+   numbers), restored on resume, so RoI sampling, drop path and augmentation draw what the uninterrupted run would
+   have.
 """
-import copyreg
 import os
 import os.path as osp
 import random
@@ -33,20 +28,7 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import HOOKS
 from mmengine.runner import IterBasedTrainLoop
 
-from .checkpoint import SAFE_GLOBALS
-
-# What an mmengine checkpoint holds beyond tensors and plain containers: numpy data (SAFE_GLOBALS) and the
-# message hub's HistoryBuffer (its logged values), rebuilt by calling the class (see _reduce_history_buffer).
-MMENGINE_SAFE_GLOBALS = [*SAFE_GLOBALS, HistoryBuffer]
-torch.serialization.add_safe_globals(MMENGINE_SAFE_GLOBALS)
-
-
-def _reduce_history_buffer(buffer):
-    """Pickle a HistoryBuffer as ``HistoryBuffer(log_history, count_history, max_length)``: data only."""
-    return HistoryBuffer, (buffer._log_history, buffer._count_history, buffer.max_length)
-
-
-copyreg.pickle(HistoryBuffer, _reduce_history_buffer)
+ATOMIC_BACKEND = 'atomic_local'
 
 
 def write_atomically(data, path):
@@ -71,7 +53,7 @@ def write_atomically(data, path):
 
 
 class AtomicLocalBackend(LocalBackend):
-    """mmengine's local file backend, with atomic writes (used for checkpoints, dumped configs, results)."""
+    """mmengine's local file backend, with atomic writes (``backend_args=dict(backend='atomic_local')``)."""
 
     def put(self, obj, filepath):
         write_atomically(obj, filepath)
@@ -80,12 +62,49 @@ class AtomicLocalBackend(LocalBackend):
         write_atomically(obj.encode(encoding), filepath)
 
 
-# Paths without a prefix (local files) go through the atomic backend.
-register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend)
+
+
+@HOOKS.register_module()
+class SafeCheckpointHook(Hook):
+    """Checkpoints that ``torch.load(weights_only=True)`` reads: the message hub's ``HistoryBuffer`` values stored
+    as ``dict(log_history=tensor, count_history=tensor, max_length=int)`` and rebuilt on load (see the module doc).
+    """
+
+    def before_run(self, runner):
+        runner.logger.info('SafeCheckpointHook: checkpoints hold plain data (the message hub\'s logged values as '
+                           'tensors), which torch.load reads with weights_only=True')
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        hub = checkpoint.get('message_hub')
+        if isinstance(hub, dict) and isinstance(hub.get('log_scalars'), dict):
+            hub['log_scalars'] = {key: history_to_data(value) for key, value in hub['log_scalars'].items()}
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        hub = checkpoint.get('message_hub')
+        if isinstance(hub, dict) and isinstance(hub.get('log_scalars'), dict):
+            hub['log_scalars'] = {key: history_from_data(value) for key, value in hub['log_scalars'].items()}
+
+
+def history_to_data(buffer):
+    if not isinstance(buffer, HistoryBuffer):
+        return buffer
+    log, count = buffer.data
+    return dict(log_history=torch.from_numpy(np.array(log)), count_history=torch.from_numpy(np.array(count)),
+                max_length=buffer.max_length)
+
+
+def history_from_data(value):
+    if isinstance(value, dict) and set(value) == {'log_history', 'count_history', 'max_length'}:
+        return HistoryBuffer(value['log_history'].numpy(), value['count_history'].numpy(), value['max_length'])
+    return value
 
 
 def get_random_state():
-    state = dict(torch=torch.get_rng_state(), numpy=np.random.get_state(), python=random.getstate())
+    """The random generators' state as tensors, numbers and tuples: what ``torch.load(weights_only=True)`` reads."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                 numpy=(kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian))
     if torch.cuda.is_available():
         state['cuda'] = torch.cuda.get_rng_state_all()
     return state
@@ -97,7 +116,8 @@ def set_random_state(state, generators=('torch', 'numpy', 'python', 'cuda')):
     if 'cuda' in generators and 'cuda' in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state['cuda'])
     if 'numpy' in generators:
-        np.random.set_state(state['numpy'])
+        kind, keys, *rest = state['numpy']
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     if 'python' in generators:
         random.setstate(state['python'])
 

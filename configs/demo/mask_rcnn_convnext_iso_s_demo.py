@@ -58,7 +58,8 @@ optim_wrapper = dict(type='OptimWrapper', optimizer=dict(lr=1e-3, fused=True), p
 auto_scale_lr = dict(enable=False)
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(_delete_=True, type='CheckpointHook', by_epoch=True, interval=max_epochs, max_keep_ckpts=1),
+    checkpoint=dict(_delete_=True, type='CheckpointHook', by_epoch=True, interval=max_epochs, max_keep_ckpts=1,
+                    backend_args=dict(backend='atomic_local')),
     visualization=dict(_delete_=True, type='DetVisualizationHook', draw=True, interval=10, score_thr=0.5))
 log_processor = dict(by_epoch=True)
 custom_hooks = [
