@@ -15,12 +15,13 @@ from convnext_mm import ConvNeXtIsotropic, SimpleFeaturePyramid
 from convnext_mm import runtime
 from convnext_mm.checkpoint import CheckpointError
 from convnext_mm.runtime import build_model, load_config
+import paper_figures
 import reference
 from project import config_path
 from tiny_models import tiny_detection_batch, tiny_segmentation_batch
 
-# The paper's "Isotropic ConvNeXt vs. ViT" table: arch -> (depth, width, params in M, GFLOPs at 224).
-PAPER = {'small': (18, 384, 22, 4.3), 'base': (18, 768, 87, 16.9), 'large': (36, 1024, 306, 59.7)}
+# The paper's "Isotropic ConvNeXt vs. ViT" table (docs/results.md): arch -> (depth, width, params in M, GFLOPs at 224).
+PAPER = paper_figures.isotropic_classifiers()
 DETECTION_CONFIGS = ['mask_rcnn/convnext_iso_s_lsj_100e.py', 'mask_rcnn/convnext_iso_b_lsj_100e.py']
 SEGMENTATION_CONFIGS = ['upernet/convnext_iso_s_512_160k_ade20k.py', 'upernet/convnext_iso_b_512_160k_ade20k.py']
 
