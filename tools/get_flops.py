@@ -15,6 +15,7 @@ about such "unsupported operators" are silenced here).
 import argparse
 import logging
 import os.path as osp
+import re
 
 import torch
 from mmengine.analysis import get_model_complexity_info
@@ -24,23 +25,29 @@ from torch import nn
 
 from convnext_mm.runtime import build_model, load_config, paper_input_size
 
-CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
-# config path under configs/ -> (parameters in M, GFLOPs), from the paper's Tables 3 and 4.
-PAPER = {
-    'mask_rcnn/convnext_t_3x.py': (48, 262),
-    'cascade/convnext_t_3x.py': (86, 741),
-    'cascade/convnext_s_3x.py': (108, 827),
-    'cascade/convnext_b_3x.py': (146, 964),
-    'cascade/convnext_b_in22k_3x.py': (146, 964),
-    'cascade/convnext_l_in22k_3x.py': (255, 1354),
-    'cascade/convnext_xl_in22k_3x.py': (407, 1898),
-    'upernet/convnext_t_512_160k_ade20k.py': (60, 939),
-    'upernet/convnext_s_512_160k_ade20k.py': (82, 1027),
-    'upernet/convnext_b_512_160k_ade20k.py': (122, 1170),
-    'upernet/convnext_b_in22k_640_160k_ade20k.py': (122, 1828),
-    'upernet/convnext_l_in22k_640_160k_ade20k.py': (235, 2458),
-    'upernet/convnext_xl_in22k_640_160k_ade20k.py': (391, 3335),
-}
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS_DIR = osp.join(ROOT, 'configs')
+# The paper's Tables 3 and 4, as docs/results.md gives them: a row linking a config, with its params and FLOPs.
+RESULTS = osp.join(ROOT, 'docs', 'results.md')
+
+
+def read_paper_table(path=RESULTS):
+    """config path under configs/ -> the paper's parameters (M) and GFLOPs as written ('48', '262'): the ``params``
+    and ``FLOPs`` cells of each row of docs/results.md whose first cell links the config."""
+    table, header = {}, None
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            cells = [cell.strip() for cell in line.strip().strip('|').split('|')]
+            if not line.startswith('|'):
+                header = None
+            elif header is None:
+                header = cells
+            elif {'params', 'FLOPs'} <= set(header):
+                link = re.search(r'\]\(\.\./configs/([^)]+)\)', cells[0])
+                if link:
+                    table[link.group(1)] = (cells[header.index('params')].rstrip('M'),
+                                            cells[header.index('FLOPs')].rstrip('G'))
+    return table
 
 
 class DetectorFlopsForward(nn.Module):
@@ -112,7 +119,7 @@ def count(cfg, image_size):
 
 def paper_numbers(config_path):
     relative = osp.relpath(osp.abspath(config_path), CONFIGS_DIR).replace(osp.sep, '/')
-    return PAPER.get(relative, (None, None))
+    return read_paper_table().get(relative, (None, None))
 
 
 def parse_args(argv=None):
