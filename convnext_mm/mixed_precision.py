@@ -70,9 +70,14 @@ def float32_outputs(model):
             f'(a model with a backbone); {type(inner).__name__} is neither: run it in float32 (drop --amp, set '
             "test_cfg.fp16=False, or optim_wrapper.type='OptimWrapper')")
     for module in layer_modules(inner):
-        if _to_float32_hook not in module._forward_hooks.values():
+        if not to_float32_hook_count(module):
             module.register_forward_hook(_to_float32_hook)
     return model
+
+
+def to_float32_hook_count(module):
+    """How many of :func:`float32_outputs`' hooks ``module`` has (0 or 1)."""
+    return sum(hook is _to_float32_hook for hook in module._forward_hooks.values())
 
 
 def _to_float32_hook(module, args, output):

@@ -1,25 +1,26 @@
-"""CPUAmpOptimWrapper (convnext_mm/cpu_amp.py): bfloat16 mixed-precision training on the CPU, the network's layers
-under autocast and the rest (losses, box coding, NMS, RoIAlign) in float32."""
-import importlib.util
-import os.path as osp
+"""CPUAmpOptimWrapper (convnext_mm/mixed_precision.py): bfloat16 mixed-precision training on the CPU, the network's
+layers under autocast and the rest (losses, box coding, NMS, RoIAlign) in float32."""
+import copy
 
 import pytest
 import torch
 from mmengine.optim import build_optim_wrapper
 
-import convnext_mm  # noqa: F401  registers the wrapper
-from convnext_mm.cpu_amp import CPUAmpOptimWrapper
-from convnext_mm.runtime import build_model, load_config
+from mmengine.config import Config
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEMO = osp.join(ROOT, 'configs', 'demo', 'cascade_convnext_t_demo.py')
+from convnext_mm.mixed_precision import CPUAmpOptimWrapper
+from project import config_path, load_tool
+from tiny_models import build_model, tiny_detection_batch
+
+DEMO = config_path('demo/cascade_convnext_t_demo.py')
 WIDTH = 16
 DIMS = [8, 16, 32, 64]
 
 
 def tiny_cascade():
     """The demo's Cascade Mask R-CNN with a 4-block backbone and 16-channel neck and heads, random weights."""
-    cfg = load_config(DEMO)
+    cfg = Config.fromfile(DEMO)
+    cfg.default_scope = 'mmdet'
     model = cfg.model
     model.backbone.update(arch=dict(depths=[1, 1, 1, 1], dims=DIMS), init_cfg=None, drop_path_rate=0.)
     model.neck.update(in_channels=DIMS, out_channels=WIDTH)
@@ -33,12 +34,12 @@ def tiny_cascade():
     return cfg, build_model(cfg).train()
 
 
-def detection_batch(size=(128, 160)):
-    path = osp.join(ROOT, 'tools', 'benchmark_detector_memory.py')
-    spec = importlib.util.spec_from_file_location('benchmark_detector_memory', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.synthetic_detection_batch(size)
+def detection_batch():
+    """Two 64x64 images with boxes and masks of the demo's three classes."""
+    batch = tiny_detection_batch(num_images=2)
+    for sample in batch['data_samples']:
+        sample.gt_instances.labels %= 3
+    return batch
 
 
 def record_dtypes(model):
@@ -107,12 +108,26 @@ def test_float16_is_refused_by_name():
         CPUAmpOptimWrapper(optimizer=torch.optim.SGD(model.parameters(), lr=0.1), dtype='float16')
 
 
+def test_a_deep_copy_trains_with_its_own_weights():
+    """A model copied after a CPUAmpOptimWrapper step (an EMA or teacher model) computes its bf16 step with its own
+    weights: the copy's losses follow the copy's parameters, not the original's."""
+    cfg, model = tiny_cascade()
+    optim_wrapper = build_optim_wrapper(model, dict(cfg.optim_wrapper, type='CPUAmpOptimWrapper'))
+    model.train_step(detection_batch(), optim_wrapper)
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        for param in copied.neck.parameters():
+            param.zero_()  # the neck's outputs are all zero: the RPN sees nothing
+    seen = {}
+    copied.neck.register_forward_hook(lambda _, __, outputs: seen.setdefault('neck', outputs))
+    with optim_wrapper.optim_context(copied):
+        copied(**copied.data_preprocessor(detection_batch(), True), mode='loss')
+    assert all(out.dtype == torch.float32 and not out.any() for out in seen['neck'])
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='checks the machine without a GPU')
 def test_train_tool_amp_on_a_cpu_selects_the_cpu_wrapper():
-    path = osp.join(ROOT, 'tools', 'train.py')
-    spec = importlib.util.spec_from_file_location('train_tool', path)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_tool('train')
     cfg = train.build_config(train.parse_args([DEMO, '--amp']))
     assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
     _, model = tiny_cascade()
