@@ -206,3 +206,11 @@ def tiny_segmentation_batch():
         samples.append(sample)
     return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
                 data_samples=samples)
+
+
+def build_model(cfg):
+    """The config's model outside a Runner, in its scope ('mmdet' or 'mmseg'): eval mode, SyncBN as BN."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope(cfg.default_scope)
+    return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
