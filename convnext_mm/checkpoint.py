@@ -1,12 +1,28 @@
-"""Reading ConvNeXt checkpoints in the public layouts and loading them into :class:`ConvNeXt`.
+"""Loading ConvNeXt weights, top to bottom: every way weights reach a backbone ends in one strict check.
 
-Supported, detected from the file itself:
+1. ``init_cfg=dict(type='Pretrained', checkpoint=...)`` (or ``pretrained=``): :func:`split_init_cfg` takes the
+   entry out of mmengine's initializers (theirs would skip every key that does not match, with a warning), and
+   the backbone's ``init_weights`` (:class:`StrictLoading`) calls :func:`load_pretrained`.
+2. :func:`read_checkpoint`: a local ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file, a URL (torch hub's
+   cache), ``hf-hub:REPO_ID`` (the Hugging Face hub's cache). mmengine's own loaders read ``.safetensors`` and
+   ``hf-hub:`` through it too (:func:`register_loader_schemes`).
+3. :func:`select_backbone`: the backbone's tensors inside any checkpoint (a whole detector's, a DDP model's, an
+   FCMAE pre-training file made dense, a transformers classifier's).
+4. ``model.load_state_dict`` -- or any other loader: mmengine's ``load_checkpoint``/``load_from``/resume,
+   ``init_detector``, ``init_model``, the Inferencers, the hosts' tools -- reaches the backbone's
+   ``_load_from_state_dict`` (:class:`StrictLoading`): :meth:`~StrictLoading.fit_weights` renames every public
+   layout to the backbone's names (:func:`to_backbone_names`) and loads all of them or stops with a
+   :class:`CheckpointError` that says what the weights are and what to write (:meth:`~StrictLoading.describe_misfit`).
+
+Layouts, detected from the keys themselves:
 - the official ConvNeXt / ConvNeXt V2 release: ``{'model': ...}``, ``downsample_layers.I.J.*``,
   ``stages.S.B.{dwconv,norm,pwconv1,pwconv2,gamma,grn.*}``, the classifier's ``norm.*`` and ``head.*``. These
-  are convnext_mm's own names, so only the classifier is left out;
+  are convnext_mm's own names, so only the classifier is left out; the official isotropic models' ``stem``,
+  ``blocks.N.*`` likewise;
 - ConvNeXt V2 FCMAE pre-training files (``encoder.*`` in sparse-convolution layout);
 - timm: ``stem.*``, ``stages.S.downsample.*``, ``stages.S.blocks.B.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}``;
 - mmpretrain: ``{'state_dict': ...}`` with ``backbone.``-prefixed keys, ``depthwise_conv``, ``pointwise_conv1/2``;
+- transformers' ConvNextModel / ConvNextV2Model, their Backbone and classification classes;
 - files saved by convnext_mm (a bare backbone state dict, or a whole detector/segmentor checkpoint), including
   those of versions before 0.2, whose names were timm's (``stem``, ``stages.S.downsample``, ``stages.S.blocks.B``).
 """
@@ -18,11 +34,13 @@ import pickle
 import re
 import urllib.error
 import urllib.parse
+import warnings
 import zipfile
 
 import numpy as np
 import torch
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
+from mmengine.model.weight_init import PretrainedInit
 from mmengine.runner.checkpoint import CheckpointLoader
 
 # What a checkpoint may hold beyond tensors, for torch's safe (weights_only) unpickler: numpy arrays and
@@ -71,39 +89,47 @@ MAX_KEYS_SHOWN = 6
 HF_HUB_PREFIX = 'hf-hub:'
 # What a Hugging Face model repository holds its weights in, in the order looked for.
 HF_HUB_FILES = ('model.safetensors', 'pytorch_model.bin')
-
-
-def rename_key(key):
-    """``key`` of a backbone tensor in any public layout -> its official name (an official key stays as it is)."""
-    for pattern, replacement in KEY_RENAMES:
-        key = re.sub(pattern, replacement, key)
-    return key
-
-
-def to_backbone_names(state_dict):
-    """A backbone's tensors (keys without the backbone's prefix) in any public layout -> ``(converted, ignored)``:
-    the tensors under the official names and shapes, and the keys of the image classifier (left out).
-
-    Shapes: ConvNeXt V2's GRN parameters stored as (1, 1, 1, C) become (C,); 1x1-convolution pointwise weights
-    (timm's ``conv_mlp``, mmpretrain's ``linear_pw_conv=False``) become Linear weights."""
-    converted, ignored = {}, []
-    for key, value in state_dict.items():
-        new_key = rename_key(key)
-        if CLASSIFIER_KEY.match(new_key):
-            ignored.append(key)
-            continue
-        if new_key.endswith(('.grn.gamma', '.grn.beta')):
-            value = value.reshape(-1)
-        elif re.search(r'\.pwconv[12]\.weight$', new_key) and value.dim() == 4:
-            value = value.flatten(1)
-        converted[new_key] = value
-    return converted, ignored
+PRETRAINED_KEYS = ('type', 'checkpoint', 'prefix', 'map_location')
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be loaded into the ConvNeXt backbone; the message says why and what to do."""
+    """Weights that cannot be loaded into a ConvNeXt backbone; the message says why and what to do."""
 
 
+# ---------------------------------------------------------------- 1. init_cfg
+def split_init_cfg(owner, init_cfg, pretrained=None):
+    """``(pretrained_cfg, init_cfg)`` from mmengine's ``init_cfg`` (a dict or a list of dicts) and the old-style
+    ``pretrained=PATH`` argument of the backbone ``owner`` (its class name, for messages): the one ``Pretrained``
+    entry, which :func:`load_pretrained` loads (checking every key), and ``init_cfg`` with the ``Pretrained`` entry
+    removed (for mmengine's initializers: theirs would load the file with ``strict=False``, skipping every key that
+    does not match with only a warning)."""
+    entries = [] if init_cfg is None else [init_cfg] if isinstance(init_cfg, dict) else list(init_cfg)
+    if not all(isinstance(entry, dict) and 'type' in entry for entry in entries):
+        raise ValueError(f'{owner}: init_cfg must be a dict or a list of dicts with a type, got {init_cfg!r}')
+    pretrained_cfgs = [entry for entry in entries if entry['type'] in ('Pretrained', PretrainedInit)]
+    others = [entry for entry in entries if entry not in pretrained_cfgs]
+    if pretrained is not None:
+        if pretrained_cfgs:
+            raise ValueError(f'{owner}: weights given twice, as pretrained={pretrained!r} and in init_cfg; '
+                             "keep init_cfg=dict(type='Pretrained', checkpoint=...) only")
+        warnings.warn(f'{owner}: pretrained= is deprecated, as in mmdet and mmseg; use '
+                      "init_cfg=dict(type='Pretrained', checkpoint=...)", DeprecationWarning)
+        pretrained_cfgs = [dict(type='Pretrained', checkpoint=pretrained)]
+    if len(pretrained_cfgs) > 1:
+        raise ValueError(f'{owner}: init_cfg has {len(pretrained_cfgs)} Pretrained entries; keep one')
+    if not pretrained_cfgs:
+        return None, init_cfg
+    pretrained_cfg = pretrained_cfgs[0]
+    unknown = sorted(set(pretrained_cfg) - set(PRETRAINED_KEYS))
+    if unknown:
+        raise ValueError(f'{owner}: init_cfg of type Pretrained has unsupported keys {unknown}; supported are '
+                         f'{list(PRETRAINED_KEYS)}')
+    if not pretrained_cfg.get('checkpoint'):
+        raise ValueError(f"{owner}: init_cfg of type 'Pretrained' needs checkpoint=PATH_OR_URL")
+    return pretrained_cfg, others or None
+
+
+# ---------------------------------------------------------------- 2. reading a file
 def read_checkpoint(path_or_url):
     """Load a checkpoint: a local ``.pth``/``.pt``/``.bin`` file (torch's safe unpickler: tensors, containers, numpy
     metadata) or ``.safetensors`` file, a URL, or ``hf-hub:REPO_ID`` (the Hugging Face hub, through its cache)."""
@@ -244,12 +270,24 @@ def register_loader_schemes():
 register_loader_schemes()
 
 
+# ---------------------------------------------------------------- 3. the backbone's part of a checkpoint
 def unwrap_state_dict(checkpoint):
     """The tensor dict inside a checkpoint: under 'state_dict' (mmengine, mmpretrain), 'model' (official)."""
     for key in ('state_dict', 'model', 'module'):
         if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict):
             return checkpoint[key]
     return checkpoint
+
+
+def select_prefix(state_dict, prefix):
+    """The tensors under ``prefix`` with it removed, as mmengine's ``Pretrained(prefix=...)`` does."""
+    prefix = prefix if prefix.endswith('.') else prefix + '.'
+    selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not selected:
+        raise CheckpointError(
+            f"has no tensors under prefix={prefix!r} (its keys are like {_listing(list(state_dict)[:3])}). Delete "
+            "prefix from init_cfg: convnext_mm finds the backbone in a whole model's checkpoint by itself")
+    return selected
 
 
 def fcmae_to_dense(state_dict):
@@ -276,17 +314,6 @@ def fcmae_to_dense(state_dict):
             value = value.reshape(-1)
         dense[key] = value.contiguous()
     return dense, ignored
-
-
-def select_prefix(state_dict, prefix):
-    """The tensors under ``prefix`` with it removed, as mmengine's ``Pretrained(prefix=...)`` does."""
-    prefix = prefix if prefix.endswith('.') else prefix + '.'
-    selected = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    if not selected:
-        raise CheckpointError(
-            f"has no tensors under prefix={prefix!r} (its keys are like {_listing(list(state_dict)[:3])}). Delete "
-            "prefix from init_cfg: convnext_mm finds the backbone in a whole model's checkpoint by itself")
-    return selected
 
 
 def select_backbone(checkpoint, prefix=None):
@@ -316,10 +343,63 @@ def select_backbone(checkpoint, prefix=None):
     return state_dict, ignored
 
 
+def load_pretrained(model, path_or_url, prefix=None, logger=None):
+    """Load the backbone of a checkpoint of any supported layout into ``model`` (a :class:`StrictLoading` backbone):
+    what ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does. The model's own loading renames and checks every
+    key and shape. ``prefix``: see :func:`select_backbone`."""
+    name = str(path_or_url)
+    try:
+        given, ignored = select_backbone(read_checkpoint(path_or_url), prefix=prefix)
+        model.load_state_dict(given, strict=False)
+    except CheckpointError as error:
+        if name in str(error):
+            raise
+        raise CheckpointError(f'{name}: {error}') from error
+    if logger is not None:
+        logger.info(f'{type(model).__name__}: loaded the backbone of {name}'
+                    + (f'; left out {len(ignored)} tensors of no backbone: {_listing(ignored)}' if ignored else ''))
+
+
+# ---------------------------------------------------------------- 4. names and architecture
+def rename_key(key):
+    """``key`` of a backbone tensor in any public layout -> its official name (an official key stays as it is)."""
+    for pattern, replacement in KEY_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def to_backbone_names(state_dict):
+    """A hierarchical backbone's tensors (keys without the backbone's prefix) in any public layout ->
+    ``(converted, ignored)``: the tensors under the official names and shapes, and the keys of the image classifier
+    (left out).
+
+    Shapes: ConvNeXt V2's GRN parameters stored as (1, 1, 1, C) become (C,); 1x1-convolution pointwise weights
+    (timm's ``conv_mlp``, mmpretrain's ``linear_pw_conv=False``) become Linear weights."""
+    converted, ignored = {}, []
+    for key, value in state_dict.items():
+        new_key = rename_key(key)
+        if CLASSIFIER_KEY.match(new_key):
+            ignored.append(key)
+            continue
+        if new_key.endswith(('.grn.gamma', '.grn.beta')):
+            value = value.reshape(-1)
+        elif re.search(r'\.pwconv[12]\.weight$', new_key) and value.dim() == 4:
+            value = value.flatten(1)
+        converted[new_key] = value
+    return converted, ignored
+
+
+def isotropic_names(state_dict):
+    """An isotropic backbone's tensors -> ``(converted, ignored)``: the official release's names are the
+    backbone's own (``stem``, ``blocks.N``), so only the classifier (``norm``, ``head``) is left out."""
+    ignored = [key for key in state_dict if CLASSIFIER_KEY.match(key)]
+    return {k: v for k, v in state_dict.items() if k not in ignored}, ignored
+
+
 def convert_state_dict(checkpoint, prefix=None):
-    """The ConvNeXt backbone of any supported checkpoint under convnext_mm's (the official) parameter names:
-    :func:`select_backbone`, then :func:`to_backbone_names`. Returns ``(state_dict, ignored)``; ``ignored`` also
-    holds the image classifier's keys."""
+    """The hierarchical ConvNeXt backbone of any supported checkpoint under convnext_mm's (the official) parameter
+    names: :func:`select_backbone`, then :func:`to_backbone_names`. Returns ``(state_dict, ignored)``; ``ignored``
+    also holds the image classifier's keys."""
     state_dict, ignored = select_backbone(checkpoint, prefix)
     converted, classifier = to_backbone_names(state_dict)
     return converted, ignored + classifier
@@ -342,6 +422,22 @@ def arch_of_state_dict(state_dict):
                 layer_scale_init_value=1e-6 if has_layer_scale else 0)
 
 
+def isotropic_arch_of_state_dict(state_dict):
+    """The ConvNeXtIsotropic constructor arguments that fit a backbone state dict under its names: ``arch``
+    (depth and dim) and ``layer_scale_init_value`` (whether it has layer scale)."""
+    if any(key.startswith(('downsample_layers.', 'stages.')) for key in state_dict):
+        raise CheckpointError("is a hierarchical ConvNeXt's (write type='ConvNeXt')")
+    blocks = {int(m.group(1)) for key in state_dict for m in [re.match(r'blocks\.(\d+)\.', key)] if m}
+    stem = state_dict.get('stem.weight')
+    if not blocks or stem is None:
+        raise CheckpointError(f'has no stem and blocks of an isotropic ConvNeXt (its keys are like '
+                              f'{_listing(list(state_dict)[:3])})')
+    has_layer_scale = any(re.match(r'blocks\.\d+\.gamma$', key) for key in state_dict)
+    return dict(arch=dict(depth=max(blocks) + 1, dim=stem.shape[0]),
+                layer_scale_init_value=1e-6 if has_layer_scale else 0)
+
+
+# ---------------------------------------------------------------- 5. the check every loader ends in
 def compare_with_model(expected, given):
     """``given`` (name -> tensor, official names) against a model's ``expected`` state dict, by the backbone's
     all-or-nothing rule. Returns ``(missing, unexpected, reshaped, unused_norms)``: tensors of the model absent from
@@ -358,16 +454,35 @@ def compare_with_model(expected, given):
 
 
 class StrictLoading:
-    """For a backbone module: whatever loads it (mmengine's load_checkpoint, load_from and resume, torch's
+    """The loading of a backbone module (the first base of both ConvNeXt backbones, before mmengine's
+    ``BaseModule``), from its ``init_cfg`` to the check that every loader ends in.
+
+    Whatever loads the backbone (its ``init_cfg``, mmengine's load_checkpoint, load_from and resume, torch's
     load_state_dict, init_detector, init_model, the Inferencers, the host libraries' own tools) goes through
     ``_load_from_state_dict`` with the backbone's tensors under its prefix. They get the module's names from any
-    public layout (:meth:`own_names`) and must fill every tensor of the module with its shape and hold none it
-    lacks (the image classifier, and output norms absent as a whole, aside), or the load stops with
+    public layout (``own_names``) and must fill every tensor of the module with its shape and hold none it lacks
+    (the image classifier, and output norms absent as a whole, aside), or the load stops with
     :class:`CheckpointError` (:meth:`describe_misfit` says what the weights are and what to write). mmengine's own
     loaders would otherwise skip every key that does not match, leaving the backbone random with a warning.
 
-    A subclass gives ``own_names(given) -> (converted, classifier_keys)``, ``describe_misfit(converted, missing,
-    unexpected, reshaped) -> str`` and ``arch_name() -> str``."""
+    A subclass gives ``own_names(given) -> (converted, classifier_keys)`` and ``arch_of_weights(converted) ->
+    constructor arguments`` (static: :func:`to_backbone_names` and :func:`arch_of_state_dict`, or the isotropic
+    ones), ``arch_settings`` (its presets), ``arch_args()`` (its own arguments as ``arch_of_weights`` gives them)
+    and ``arch_name(args=None)`` (a name for those arguments, or its own)."""
+
+    def __init__(self, init_cfg=None, pretrained=None, default_init_cfg=None):
+        self.pretrained_cfg, init_cfg = split_init_cfg(type(self).__name__, init_cfg, pretrained)
+        if init_cfg is None and self.pretrained_cfg is None:
+            init_cfg = default_init_cfg
+        super().__init__(init_cfg=init_cfg)
+
+    def init_weights(self):
+        # mmengine's order: the other initializers, then the file; the file through load_pretrained, which checks
+        # every key, where mmengine's PretrainedInit would skip mismatched keys with a warning.
+        super().init_weights()
+        if self.pretrained_cfg is not None:
+            load_pretrained(self, self.pretrained_cfg['checkpoint'], prefix=self.pretrained_cfg.get('prefix'),
+                            logger=MMLogger.get_current_instance())
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         if not self.fit_prefixed(state_dict, prefix):
@@ -411,33 +526,34 @@ class StrictLoading:
                       + '; '.join(note for note in notes if note), logger='current', level=logging.INFO)
         return {key: value for key, value in converted.items() if key in expected}
 
-    def misfit_problems(self, converted, missing, unexpected, reshaped):
-        """The keys that differ, for :meth:`describe_misfit`'s messages."""
+    def describe_misfit(self, converted, missing, unexpected, reshaped):
+        """What the weights are against what the config builds, the arguments to write, and the keys that differ."""
         expected = self.state_dict()
-        return '; '.join(f'{label}: {_listing(keys)}' for label, keys in (
+        problems = '; '.join(f'{label}: {_listing(keys)}' for label, keys in (
             ('shape mismatch', [f'{k} {tuple(converted[k].shape)} in the weights vs {tuple(expected[k].shape)} here'
                                 for k in reshaped]),
             ('missing from the weights', missing), ('not in this backbone', unexpected)) if keys)
+        try:
+            found = self.arch_of_weights(converted)
+        except CheckpointError as error:
+            return f'they are no whole {type(self).__name__} backbone: the checkpoint {error}. {problems}'
+        own = self.arch_args()
+        write = [self._argument(name, found[name]) for name in own if found[name] != own[name]]
+        advice = (f"Write {', '.join(write)} in the config's model.backbone, or give weights of the backbone it "
+                  'builds' if write else 'Give weights of the backbone the config builds')
+        return f'they are {self.arch_name(found)}, the config builds {self.arch_name()}. {advice}. {problems}'
+
+    def _argument(self, name, value):
+        """``name=value`` as a config writes it: a preset's name for a preset's ``arch``."""
+        if name == 'arch':
+            preset = next((key for key, setting in self.arch_settings.items() if setting == value), None)
+            if preset:
+                return f"arch='{preset}'"
+            return 'arch=dict(' + ', '.join(f'{key}={setting}' for key, setting in value.items()) + ')'
+        return f'{name}={value!r}'
 
 
 def _listing(keys, shown=MAX_KEYS_SHOWN):
     keys = sorted(keys)
     more = f' ... and {len(keys) - shown} more' if len(keys) > shown else ''
     return ', '.join(keys[:shown]) + more
-
-
-def load_pretrained(model, path_or_url, prefix=None, logger=None):
-    """Load the backbone of a checkpoint of any supported layout into ``model`` (a :class:`StrictLoading` backbone):
-    what ``init_cfg=dict(type='Pretrained', checkpoint=...)`` does. The model's own loading renames and checks every
-    key and shape. ``prefix``: see :func:`select_backbone`."""
-    name = str(path_or_url)
-    try:
-        given, ignored = select_backbone(read_checkpoint(path_or_url), prefix=prefix)
-        model.load_state_dict(given, strict=False)
-    except CheckpointError as error:
-        if name in str(error):
-            raise
-        raise CheckpointError(f'{name}: {error}') from error
-    if logger is not None:
-        logger.info(f'{type(model).__name__}: loaded the backbone of {name}'
-                    + (f'; left out {len(ignored)} tensors of no backbone: {_listing(ignored)}' if ignored else ''))

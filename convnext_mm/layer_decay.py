@@ -1,14 +1,11 @@
 """Learning rates that decay from the top of a ConvNeXt backbone down, with the official ConvNeXt rules.
 
-The paper's detection and segmentation results were tuned with these rules, so they are kept exactly:
-with ``L = num_layers + 2``, a parameter of layer id ``i`` gets ``lr = base_lr * decay_rate ** (L - i - 1)``.
-
-- ``layer_wise``: stem (``downsample_layers.0``) -> 0; stage 0 blocks -> 1; stage 1 (downsample layer and blocks)
-  -> 2; stage 2 downsample layer -> 3; stage 2 block b -> 3 + b // 3; stage 3 (downsample layer and blocks) ->
-  num_layers; everything else (output norms, neck, heads) -> num_layers + 1.
-- ``stage_wise``: stem and every downsample layer -> 0; stage s blocks -> s + 1; everything else -> L - 1.
-  The head's id grows with num_layers while the stages' ids do not, so num_layers=12 decays the four stages
-  harder than num_layers=6. The official segmentation configs rely on that.
+The rule is the model's: each backbone answers ``get_layer_depth(param_name, prefix, decay_type, num_layers)``
+(mmpretrain's protocol; :meth:`convnext_mm.blocks.ConvNeXtBase.get_layer_depth`), and a parameter of layer id
+``i`` gets ``lr = base_lr * decay_rate ** (num_layers + 1 - i)``. The paper's detection and segmentation results
+were tuned with these rules (``layer_wise``, ``stage_wise``; see :meth:`convnext_mm.backbone.ConvNeXt.layer_id`),
+so they are kept exactly. With ``stage_wise`` the head's id grows with num_layers while the stages' ids do not, so
+num_layers=12 decays the four stages harder than num_layers=6; the official segmentation configs rely on that.
 
 Weight decay is 0 for every 1-D parameter and every bias, the configured value otherwise, unless one of
 mmengine's ``custom_keys``, ``norm_decay_mult`` or ``bias_decay_mult`` says otherwise (see
@@ -23,19 +20,12 @@ from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm, _InstanceNorm
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
-from .backbone import ConvNeXt
-from .isotropic import ConvNeXtIsotropic
+from .blocks import DECAY_TYPES
 
-DECAY_TYPES = ('layer_wise', 'stage_wise')
 PARAMWISE_KEYS = ('decay_rate', 'decay_type', 'num_layers', 'custom_keys', 'bias_decay_mult', 'norm_decay_mult')
 CUSTOM_KEY_FIELDS = ('lr_mult', 'decay_mult')
 # The layers mmengine's DefaultOptimWrapperConstructor treats as norms (LayerNorm2d is a LayerNorm).
 NORM_LAYERS = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-
-
-# Constructors that read decay_rate / decay_type / num_layers: ours, and mmdet's and mmseg's own.
-DECAY_CONSTRUCTORS = ('ConvNeXtLayerDecayOptimizerConstructor', 'LearningRateDecayOptimizerConstructor')
-DECAY_KEYS = ('decay_rate', 'decay_type', 'num_layers')
 
 
 def amp_device_available():
@@ -43,64 +33,19 @@ def amp_device_available():
     return is_cuda_available() or is_npu_available() or is_mlu_available() or is_musa_available()
 
 
-def check_decay_constructor(optim_wrapper_cfg):
-    """Refuse decay settings that no constructor would read: mmengine's default constructor ignores them
-    silently, and every layer would train at the full learning rate."""
-    paramwise_cfg = optim_wrapper_cfg.get('paramwise_cfg') or {}
-    constructor = optim_wrapper_cfg.get('constructor', 'DefaultOptimWrapperConstructor')
-    decay_keys = [key for key in DECAY_KEYS if key in paramwise_cfg]
-    if decay_keys and constructor not in DECAY_CONSTRUCTORS:
-        raise ValueError(f'optim_wrapper.paramwise_cfg sets {decay_keys}, which {constructor} ignores: no layer '
-                         "would have a decayed learning rate. Add constructor='ConvNeXtLayerDecayOptimizerConstructor' "
-                         'to optim_wrapper (or remove those keys)')
-
-
-def min_num_layers(decay_type, depths):
-    """The smallest num_layers that keeps layer ids strictly rising from the stem to the head."""
-    if decay_type == 'layer_wise':
-        # Stage 3 (id num_layers) must sit above the last stage-2 block, id 3 + (depth - 1) // 3.
-        return 3 + (depths[2] - 1) // 3 + 1
-    # Stage 3 blocks (id 4) must sit below everything else (id num_layers + 1).
-    return 4
-
-
-def isotropic_min_num_layers(decay_type, depth):
-    """The smallest num_layers for an isotropic ConvNeXt: its last block (id ``depth``) below the rest."""
-    if decay_type != 'layer_wise':
-        raise ValueError(f"ConvNeXtLayerDecayOptimizerConstructor: decay_type={decay_type!r} has no meaning for "
-                         "ConvNeXtIsotropic (one stage of blocks); use decay_type='layer_wise'")
-    return depth
-
-
-def convnext_layer_id(name, decay_type, num_layers):
-    """Layer id of a backbone parameter, ``name`` relative to the backbone (``stages.2.7.pwconv1.weight``): the
-    official release's rules on its parameter names, which are convnext_mm's (and which mmdet's and mmseg's own
-    LearningRateDecayOptimizerConstructor parse the same way). ConvNeXtIsotropic's names (``stem``, ``blocks.N``)
-    get the BEiT/ViT rule, which the official release has no own code for: stem 0, block N -> N + 1."""
-    parts = name.split('.')
-    if parts[0] == 'stem':
-        return 0
-    if parts[0] == 'blocks':
-        return int(parts[1]) + 1
-    if parts[0] == 'downsample_layers':  # 0 is the stem
-        return 0 if decay_type == 'stage_wise' else (0, 2, 3, num_layers)[int(parts[1])]
-    if parts[0] == 'stages':
-        stage, block = int(parts[1]), int(parts[2])
-        return stage + 1 if decay_type == 'stage_wise' else (1, 2, 3 + block // 3, num_layers)[stage]
-    return num_layers + 1  # norm0..norm3
-
-
-def find_convnext(model):
-    """(backbone, prefix of its parameter names in ``model``) for a ConvNeXt or a model with a ConvNeXt backbone."""
-    if isinstance(model, (ConvNeXt, ConvNeXtIsotropic)):
-        return model, ''
+def layer_depth_answerer(model):
+    """(the module that answers ``get_layer_depth``, the prefix of its parameter names in ``model``): ``model``'s
+    backbone, or ``model`` itself (a backbone alone)."""
     backbone = getattr(model, 'backbone', None)
-    if isinstance(backbone, (ConvNeXt, ConvNeXtIsotropic)):
+    if callable(getattr(backbone, 'get_layer_depth', None)):
         return backbone, 'backbone.'
+    if callable(getattr(model, 'get_layer_depth', None)):
+        return model, ''
     found = 'no backbone attribute' if backbone is None else f'backbone of type {type(backbone).__name__}'
-    raise TypeError(f'ConvNeXtLayerDecayOptimizerConstructor needs a convnext_mm ConvNeXt or a model whose '
-                    f'`backbone` is one; got {type(model).__name__} with {found}. Use another '
-                    'optim_wrapper.constructor (e.g. DefaultOptimWrapperConstructor) for other backbones')
+    raise TypeError(f'ConvNeXtLayerDecayOptimizerConstructor needs a model whose backbone (or which itself) answers '
+                    f'get_layer_depth, as convnext_mm\'s ConvNeXt and ConvNeXtIsotropic do; got '
+                    f'{type(model).__name__} with {found}. Use another optim_wrapper.constructor (e.g. '
+                    'DefaultOptimWrapperConstructor) for other backbones')
 
 
 def format_table(groups, header):
@@ -117,13 +62,14 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """mmengine optimizer-wrapper constructor with the official ConvNeXt layer-wise learning-rate decay.
 
     Select it with ``optim_wrapper=dict(constructor='ConvNeXtLayerDecayOptimizerConstructor',
-    optimizer=dict(type='AdamW', lr=..., weight_decay=...), paramwise_cfg=dict(...))``. The model is a
-    ConvNeXt or has one as ``model.backbone`` (a DDP wrapper's ``.module`` is unwrapped).
+    optimizer=dict(type='AdamW', lr=..., weight_decay=...), paramwise_cfg=dict(...))``. The layer ids are the
+    model's answer: its ``backbone`` (or the model itself) answers ``get_layer_depth`` (a DDP wrapper's
+    ``.module`` is unwrapped).
 
     ``paramwise_cfg`` keys:
         decay_rate (required): R in (0, 1]; 1 disables the decay.
         num_layers (required): N, at least ``4 + (stage-2 depth - 1) // 3`` for layer_wise (6 for tiny,
-            12 for small and larger) and at least 4 for stage_wise.
+            12 for small and larger) and at least 4 for stage_wise; the depth of an isotropic ConvNeXt.
         decay_type: 'layer_wise' (default) or 'stage_wise'.
         custom_keys: ``{substring: dict(lr_mult=..., decay_mult=...)}`` as in mmengine: the longest key found
             in a parameter's full name wins (ties: alphabetical). ``lr_mult`` multiplies the decayed lr;
@@ -188,27 +134,18 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         cfg = self.paramwise_cfg
         decay_type = cfg.get('decay_type', 'layer_wise')
         rate, num_layers = cfg['decay_rate'], cfg['num_layers']
-        backbone, backbone_prefix = find_convnext(module)
-        if isinstance(backbone, ConvNeXtIsotropic):
-            minimum, arch = isotropic_min_num_layers(decay_type, backbone.depth), f'depth {backbone.depth}'
-        else:
-            minimum, arch = min_num_layers(decay_type, backbone.depths), f'depths {backbone.depths}'
-        if num_layers < minimum:
-            raise ValueError(f'ConvNeXtLayerDecayOptimizerConstructor: num_layers={num_layers} is too small for a '
-                             f'{type(backbone).__name__} with {arch}: {decay_type} needs num_layers >= {minimum} '
-                             'so that layer ids rise from the stem to the head')
-        total_layers = num_layers + 2
-
+        answerer, backbone_prefix = layer_depth_answerer(module)
         groups = {}
         frozen = 0
         for name, param, owner in self._named_parameters(module):
             if not param.requires_grad:
                 frozen += 1
                 continue
-            if backbone_prefix == '' or name.startswith(backbone_prefix):
-                layer_id = convnext_layer_id(name[len(backbone_prefix):], decay_type, num_layers)
-            else:
-                layer_id = total_layers - 1
+            try:
+                layer_id, total_layers = answerer.get_layer_depth(name, backbone_prefix, decay_type=decay_type,
+                                                                  num_layers=num_layers)
+            except ValueError as error:
+                raise ValueError(f'ConvNeXtLayerDecayOptimizerConstructor: {error}') from None
             lr_scale = rate**(total_layers - layer_id - 1) * self._lr_mult(name)
             weight_decay = self._weight_decay(name, param, owner)
             group = groups.setdefault((layer_id, lr_scale, weight_decay), dict(

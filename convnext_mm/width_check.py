@@ -9,8 +9,7 @@ the tools that build a model without a runner (``tools/infer.py``, ``tools/expor
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-from .backbone import ConvNeXt
-from .isotropic import ConvNeXtIsotropic
+from .blocks import ConvNeXtBase
 
 
 def check_consumer_widths(model):
@@ -21,7 +20,7 @@ def check_consumer_widths(model):
     while hasattr(model, 'module'):  # DDP and TTA wrappers
         model = model.module
     backbone = getattr(model, 'backbone', None)
-    if not isinstance(backbone, (ConvNeXt, ConvNeXtIsotropic)):
+    if not isinstance(backbone, ConvNeXtBase):  # ConvNeXt, ConvNeXtIsotropic
         return
     channels = backbone.out_channels
     neck = getattr(model, 'neck', None)

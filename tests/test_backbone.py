@@ -5,7 +5,8 @@ import torch
 
 import reference
 from convnext_mm import ConvNeXt
-from convnext_mm.backbone import ARCH_SETTINGS, ConvNeXtBlock
+from convnext_mm.backbone import ARCH_SETTINGS
+from convnext_mm.blocks import ConvNeXtBlock
 
 from tiny_models import SMALLEST_ARCH, randomize
 

@@ -1,18 +1,19 @@
-"""Every fast path of the backbone gives the outputs and gradients of the plain formulation.
+"""Every fast path of the backbone gives the outputs and gradients of the plain formulation, and the one rule that
+chooses among them (convnext_mm/cpu_fast_path.py) chooses as it says.
 
 The fast paths: channels_last maps throughout (convnext_mm/backbone.py), CPU inference of each block's MLP in
 chunks of pixels with oneDNN's Linears, GELU fused into the first (float32, and bfloat16 under autocast, with
-cached bfloat16 copies of the weights), CPU training with both Linears' products and gradients in oneDNN
-(convnext_mm/cpu_fast_path.py), and the ``compile`` option. The plain formulation is the paper's
-(tests/reference.py, which tools/benchmark_backbone.py times ours against), or the same block run on NCHW input,
-with autograd on or with training's products in MKL. Speed is measured by that benchmark, not here.
+cached bfloat16 copies of the weights), CPU training with both Linears' products and gradients in oneDNN, and the
+``compile`` option. The plain formulation is the paper's (tests/reference.py, which
+benchmarks/benchmark_backbone.py times ours against), or the same block run on NCHW input, with autograd on or with
+training's products in MKL. Speed is measured by that benchmark, not here.
 """
 import pytest
 import torch
 
 from convnext_mm import ConvNeXt
 from convnext_mm import cpu_fast_path
-from convnext_mm.backbone import GRN, ConvNeXtBlock
+from convnext_mm.blocks import GRN, ConvNeXtBlock
 
 import reference
 from tiny_models import SMALLEST_ARCH, randomize
@@ -52,25 +53,40 @@ def step(model, x, train):
     return [o.detach() for o in outs] + [x.grad] + [p.grad.flatten() for _, p in sorted(model.named_parameters())]
 
 
+needs_onednn = pytest.mark.skipif(cpu_fast_path.onednn_ops() is None,
+                                  reason="this torch has no working oneDNN Linear (torch.ops.mkldnn._linear_pointwise)")
+
+
 @pytest.fixture
-def onednn_calls(monkeypatch):
-    """Records ``(op, input dtype)`` of every call of oneDNN's fused Linear+GELU and its Linear (so a test
-    knows the fast path ran, and in which dtype); stays empty where torch has no oneDNN (the tests of the fused
-    path skip there: ``needs_onednn``)."""
+def products(monkeypatch):
+    """Records ``(activation, input dtype)`` of every product oneDNN's fused Linear computes (inference and
+    training, forward and backward), so a test knows which path ran and in which dtype; stays empty where torch
+    has no working oneDNN Linear."""
     calls = []
-    for name in ('linear_gelu', 'linear'):
-        original = getattr(cpu_fast_path, name)
+    ops = cpu_fast_path.onednn_ops()
+    if ops is not None:
+        linear_pointwise, reorder = ops
 
-        def counting(x, *args, original=original, name=name):
-            calls.append((name, x.dtype))
-            return original(x, *args)
+        def counting(x, weight, bias, activation, *args):
+            calls.append((activation, x.dtype))
+            return linear_pointwise(x, weight, bias, activation, *args)
 
-        monkeypatch.setattr(cpu_fast_path, name, counting)
+        monkeypatch.setattr(cpu_fast_path, 'onednn_ops', lambda: (counting, reorder))
     return calls
 
 
-needs_onednn = pytest.mark.skipif(cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None,
-                                  reason='this torch has no oneDNN fused Linear (torch.ops.mkldnn._linear_pointwise)')
+@pytest.fixture
+def paths(monkeypatch):
+    """Records each block's path (:func:`cpu_fast_path.block_path`'s answer), in forward order."""
+    chosen = []
+    rule = cpu_fast_path.block_path
+
+    def recording(block, x):
+        chosen.append(rule(block, x))
+        return chosen[-1]
+
+    monkeypatch.setattr(cpu_fast_path, 'block_path', recording)
+    return chosen
 
 
 def paper_pair(seed=0, **kwargs):
@@ -78,32 +94,26 @@ def paper_pair(seed=0, **kwargs):
     return ours, reference.like(ours)
 
 
+BLOCKS = sum(SMALLEST_ARCH['depths'])
+
+
 @needs_onednn
-def test_inference_matches_the_paper_formulation(onednn_calls):
+def test_inference_matches_the_paper_formulation(products, paths):
     ours, paper = paper_pair()
     x = torch.randn(2, 3, 70, 97)
     assert_all_close(step(ours, x, train=False), step(paper, x, train=False))
-    blocks = sum(SMALLEST_ARCH['depths'])  # every block took both fused ops, in float32
-    assert onednn_calls == [('linear_gelu', torch.float32), ('linear', torch.float32)] * blocks
+    assert paths == ['inference'] * BLOCKS  # every block took both fused products, in float32
+    assert products == [('gelu', torch.float32), ('none', torch.float32)] * BLOCKS
 
 
 @pytest.fixture(params=['onednn', 'mkl'])
-def training_library(request, monkeypatch):
-    """Training's products in oneDNN (the fast path) or MKL (nn.Linear), whatever this machine's measurement
-    chose; yields the library and a list recording each oneDNN product the training path computes."""
-    if request.param == 'onednn' and cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None:
-        pytest.skip('this torch has no oneDNN Linear (torch.ops.mkldnn._linear_pointwise)')
-    monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', request.param)
-    products = []
-    original = cpu_fast_path.ONEDNN_LINEAR_POINTWISE
-
-    def counting(x, weight, *args):
-        products.append((tuple(x.shape), tuple(weight.shape)))
-        return original(x, weight, *args)
-
-    if original is not None:
-        monkeypatch.setattr(cpu_fast_path, 'ONEDNN_LINEAR_POINTWISE', counting)
-    return request.param, products
+def training_library(request, products):
+    """Training's products in oneDNN (the fast path) or MKL (nn.Linear), whatever this machine's rule chooses;
+    yields the library and the list of oneDNN products."""
+    if request.param == 'onednn' and cpu_fast_path.onednn_ops() is None:
+        pytest.skip('this torch has no working oneDNN Linear (torch.ops.mkldnn._linear_pointwise)')
+    with cpu_fast_path.use_training_library(request.param):
+        yield request.param, products
 
 
 @pytest.mark.parametrize('kwargs', [dict(), dict(layer_scale_init_value=0), dict(use_grn=True)],
@@ -113,9 +123,8 @@ def test_training_step_matches_the_paper_formulation(training_library, kwargs):
     ours, paper = paper_pair(**kwargs)
     x = torch.randn(2, 3, 70, 97)
     assert_all_close(step(ours, x, train=True), step(paper, x, train=True))
-    blocks = sum(SMALLEST_ARCH['depths'])
     # per block: both Linears forward, each one's input and weight gradient
-    assert len(products) == (6 * blocks if library == 'onednn' else 0)
+    assert products == ([('none', torch.float32)] * 6 * BLOCKS if library == 'onednn' else [])
 
 
 def test_training_gradients_are_as_close_to_float64_as_the_paper_formulations(training_library):
@@ -137,23 +146,23 @@ def test_training_gradients_have_the_parameters_layout(training_library):
         assert param.is_contiguous() and param.grad.is_contiguous(), name
 
 
-def test_drop_path_and_with_cp_train_the_same_on_both_libraries(monkeypatch):
+@needs_onednn
+def test_drop_path_and_with_cp_train_the_same_on_both_libraries():
     """Drop path draws the same masks and with_cp recomputes the same forward whichever library trains."""
-    if cpu_fast_path.ONEDNN_LINEAR_POINTWISE is None:
-        pytest.skip('this torch has no oneDNN Linear (torch.ops.mkldnn._linear_pointwise)')
     results = []
     for library in ('mkl', 'onednn'):
-        monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', library)
         model = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), drop_path_rate=0.5, with_cp=True))
         torch.manual_seed(0)
-        results.append(step(model, torch.randn(2, 3, 64, 64), train=True))
+        with cpu_fast_path.use_training_library(library):
+            results.append(step(model, torch.randn(2, 3, 64, 64), train=True))
     assert_all_close(results[1], results[0])
 
 
 @needs_onednn
-def test_frozen_stages_train_the_rest_and_take_the_inference_path(training_library, onednn_calls, monkeypatch):
+def test_frozen_stages_train_the_rest_and_take_the_inference_path(training_library, paths, monkeypatch):
     """A frozen stage needs no gradient: its block takes the inference path (fused, chunked) under autograd;
     the stages after it train; outputs and gradients equal the plain path's."""
+    library, _ = training_library
 
     def frozen_step():
         model = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3), frozen_stages=1)).train()
@@ -164,20 +173,27 @@ def test_frozen_stages_train_the_rest_and_take_the_inference_path(training_libra
         return [o.detach() for o in outs] + [p.grad for p in model.parameters() if p.requires_grad]
 
     fast = frozen_step()
-    assert onednn_calls == [('linear_gelu', torch.float32), ('linear', torch.float32)]  # stage 1's one block
-    monkeypatch.setattr(cpu_fast_path, 'inference_dtype', lambda x, block=None: None)
-    monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', 'mkl')
+    assert paths == ['inference'] + ['training' if library == 'onednn' else 'plain'] * (BLOCKS - 1)
+    monkeypatch.setattr(cpu_fast_path, 'block_path', lambda block, x: 'plain')
     assert_all_close(fast, frozen_step())
 
 
 @pytest.mark.parametrize('vendor, library', [('AuthenticAMD', 'onednn'), ('GenuineIntel', 'mkl'), ('', 'mkl')])
-def test_training_library_follows_the_cpu_vendor_and_stays(monkeypatch, vendor, library):
-    """A fixed rule, not a timing: the same machine always trains with the same arithmetic."""
-    monkeypatch.setattr(cpu_fast_path, 'TRAINING_LIBRARY', None)
+def test_training_library_follows_the_cpu_vendor_unless_chosen(monkeypatch, vendor, library):
+    """A fixed rule, not a timing: the same machine always trains with the same arithmetic; a block of code can
+    choose the library, for itself only."""
     monkeypatch.setattr(cpu_fast_path, 'cpu_vendor', lambda: vendor)
     assert cpu_fast_path.training_library() == library
-    monkeypatch.setattr(cpu_fast_path, 'cpu_vendor', lambda: 'other')
+    other = 'mkl' if library == 'onednn' else 'onednn'
+    with cpu_fast_path.use_training_library(other):
+        assert cpu_fast_path.training_library() == other
+        with cpu_fast_path.use_training_library(library):
+            assert cpu_fast_path.training_library() == library
+        assert cpu_fast_path.training_library() == other
     assert cpu_fast_path.training_library() == library
+    with pytest.raises(ValueError, match=r"unknown training library 'MKL'; choose one of \('onednn', 'mkl'\)"):
+        with cpu_fast_path.use_training_library('MKL'):
+            pass
 
 
 def test_cpu_vendor_is_read_from_the_machine():
@@ -200,24 +216,24 @@ def test_bf16_autocast_training_keeps_pytorchs_linears(training_library):
 @pytest.mark.parametrize('pixels_per_chunk', [None, 37], ids=['default_chunks', 'many_uneven_chunks'])
 @pytest.mark.parametrize('kwargs', [dict(), dict(layer_scale_init_value=0), dict(use_grn=True)],
                          ids=['layer_scale', 'no_layer_scale', 'v2_grn'])
-def test_fused_inference_equals_the_autograd_path(onednn_calls, kwargs, pixels_per_chunk, monkeypatch):
+def test_fused_inference_equals_the_autograd_path(products, kwargs, pixels_per_chunk, monkeypatch):
     if pixels_per_chunk is not None:  # 37 does not divide any stage's pixel count: a partial last chunk
         monkeypatch.setattr(cpu_fast_path, 'PIXELS_PER_CHUNK', pixels_per_chunk)
     model = randomize(ConvNeXt(arch=SMALLEST_ARCH, **kwargs)).eval()
     x = torch.randn(2, 3, 64, 80)
     with torch.no_grad():
         fused = model(x)
-    blocks = sum(SMALLEST_ARCH['depths'])
     if kwargs.get('use_grn'):  # GRN's norm spans the map: V2 blocks take no chunks, only the fused Linear+GELU
-        assert onednn_calls == [('linear_gelu', torch.float32)] * blocks
+        assert products == [('gelu', torch.float32)] * BLOCKS
     elif pixels_per_chunk is None:
-        assert len(onednn_calls) == 2 * blocks
+        assert products == [('gelu', torch.float32), ('none', torch.float32)] * BLOCKS
     else:  # stage 1 alone has 2 x 16 x 20 = 640 pixels: 18 chunks per block
-        assert len(onednn_calls) > 2 * blocks
-    with torch.enable_grad():  # same weights and mode; autograd on takes the training path
-        calls_before = len(onednn_calls)
+        assert len(products) > 2 * BLOCKS
+    # Same weights and mode, autograd on and training's products in MKL: the plain path.
+    with torch.enable_grad(), cpu_fast_path.use_training_library('mkl'):
+        calls_before = len(products)
         plain = [o.detach() for o in model(x)]
-        assert len(onednn_calls) == calls_before
+        assert len(products) == calls_before
     assert_all_close(fused, plain)
 
 
@@ -232,16 +248,14 @@ def largest_relative_difference(tensors, references):
 
 @needs_onednn
 @pytest.mark.parametrize('pixels_per_chunk', [None, 37], ids=['default_chunks', 'many_uneven_chunks'])
-def test_bf16_autocast_inference_takes_the_bf16_fused_path_close_to_fp32(onednn_calls, pixels_per_chunk,
-                                                                         monkeypatch):
+def test_bf16_autocast_inference_takes_the_bf16_fused_path_close_to_fp32(products, pixels_per_chunk, monkeypatch):
     if pixels_per_chunk is not None:
         monkeypatch.setattr(cpu_fast_path, 'PIXELS_PER_CHUNK', pixels_per_chunk)
     ours, paper = paper_pair()
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))  # whatever ran before
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
         outs = ours.eval()(x)
-    assert onednn_calls and set(onednn_calls) == {('linear_gelu', torch.bfloat16),
-                                                  ('linear', torch.bfloat16)}
+    assert products and set(products) == {('gelu', torch.bfloat16), ('none', torch.bfloat16)}
     assert all(o.dtype == torch.bfloat16 for o in outs)
     fp32 = step(paper, x, train=False)
     assert largest_relative_difference(outs, fp32) < BF16_RTOL
@@ -251,16 +265,16 @@ def test_bf16_autocast_inference_takes_the_bf16_fused_path_close_to_fp32(onednn_
     assert largest_relative_difference(outs, fp32) < 2 * largest_relative_difference(plain, fp32)
 
 
-def test_fp16_autocast_inference_takes_the_plain_path(onednn_calls):
+def test_fp16_autocast_inference_takes_the_plain_path(products, paths):
     """The fused path is float32 or bfloat16; fp16 autocast keeps the plain ops and autocast's own dtype rules."""
     model = randomize(ConvNeXt(arch=SMALLEST_ARCH)).eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.float16):
         model(torch.randn(1, 3, 64, 64))
-    assert not onednn_calls
+    assert not products and paths == ['plain'] * BLOCKS
 
 
 @needs_onednn
-def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(onednn_calls):
+def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(products):
     """The bfloat16 path's cached weight copies are rebuilt after every in-place change of the parameters: its
     outputs (and the float32 path's) follow the plain path's after ``load_state_dict`` and an optimizer step."""
     model = randomize(ConvNeXt(arch=SMALLEST_ARCH, out_indices=(0, 1, 2, 3)), seed=0).eval()
@@ -271,7 +285,8 @@ def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(one
             fused = list(model(x))
             with torch.autocast('cpu', dtype=torch.bfloat16):
                 bf16 = list(model(x))
-        plain = [o.detach() for o in model(x)]  # gradients on: the plain path
+        with cpu_fast_path.use_training_library('mkl'):
+            plain = [o.detach() for o in model(x)]  # gradients on, products in MKL: the plain path
         return fused, bf16, plain
 
     fused_and_plain()  # fill the caches with the first weights
@@ -288,7 +303,7 @@ def test_cached_inference_weights_follow_load_state_dict_and_optimizer_steps(one
         assert largest_relative_difference(bf16, plain) < BF16_RTOL, change
     with torch.no_grad():  # the step did change the outputs: the comparison above saw new weights
         assert largest_relative_difference(list(other.eval()(x)), plain) > 1e-2
-    assert ('linear', torch.bfloat16) in onednn_calls
+    assert ('none', torch.bfloat16) in products
 
 
 @pytest.mark.parametrize('train', [False, True], ids=['inference', 'training'])
@@ -375,3 +390,142 @@ def test_compile_option_matches_the_paper_formulation(with_cp):
 def test_bad_compile_values_are_named(value):
     with pytest.raises(ValueError, match=r'compile=.* must be True, False or a dict of torch.compile arguments'):
         ConvNeXt(arch=SMALLEST_ARCH, compile=value)
+
+
+# ---- the rule, and what it falls back on
+def rule_cases():
+    """(case, what the block and x are, path) for every branch of block_path."""
+    return [
+        ('cpu inference', dict(), 'inference'),
+        ('train mode without gradients (drop path may apply)', dict(train=True, grad=False), 'plain'),
+        ('bf16 autocast inference', dict(autocast=torch.bfloat16), 'inference'),
+        ('bf16 autocast inference of a V2 block', dict(autocast=torch.bfloat16, use_grn=True), 'plain'),
+        ('fp16 autocast inference', dict(autocast=torch.float16), 'plain'),
+        ('a half-precision block', dict(dtype=torch.bfloat16), 'plain'),
+        ('float32 training, oneDNN', dict(train=True, grad=True, library='onednn'), 'training'),
+        ('float32 training, MKL', dict(train=True, grad=True, library='mkl'), 'plain'),
+        ('bf16 autocast training', dict(train=True, grad=True, autocast=torch.bfloat16, library='onednn'),
+         'plain'),
+        ('a frozen block under autograd', dict(grad=True, frozen=True, library='onednn'), 'inference'),
+        ('another device', dict(device='meta'), 'plain'),
+    ]
+
+
+@needs_onednn
+@pytest.mark.parametrize('case, setting, path', rule_cases(), ids=[case for case, _, _ in rule_cases()])
+def test_the_rule_chooses_each_path(case, setting, path):
+    block = ConvNeXtBlock(8, use_grn=setting.get('use_grn', False)).to(setting.get('dtype', torch.float32))
+    block.train(setting.get('train', False))
+    if setting.get('frozen'):
+        block.requires_grad_(False)
+    x = torch.zeros(1, 4, 4, 8, dtype=setting.get('dtype', torch.float32), device=setting.get('device', 'cpu'))
+    autocast = setting.get('autocast')
+    with torch.set_grad_enabled(setting.get('grad', False)), \
+            torch.autocast('cpu', dtype=autocast or torch.bfloat16, enabled=autocast is not None), \
+            cpu_fast_path.use_training_library(setting.get('library', 'onednn')):
+        assert cpu_fast_path.block_path(block, x) == path
+
+
+def test_without_working_onednn_ops_every_block_takes_the_plain_path(monkeypatch, paths):
+    monkeypatch.setattr(cpu_fast_path, 'onednn_ops', lambda: None)
+    ours, paper = paper_pair()
+    x = torch.randn(2, 3, 64, 64)
+    with cpu_fast_path.use_training_library('onednn'):
+        assert_all_close(step(ours, x, train=False), step(paper, x, train=False))
+        assert_all_close(step(ours, x, train=True), step(paper, x, train=True))
+    assert paths == ['plain'] * 2 * BLOCKS
+
+
+@needs_onednn
+@pytest.mark.parametrize('problem', ['missing', 'raises', 'wrong results'])
+def test_onednn_ops_that_are_missing_or_fail_are_not_used(monkeypatch, problem):
+    """The private op is checked once against F.linear: absent, refused or wrong, it is not used (logged)."""
+    import types
+    real = torch.ops.mkldnn._linear_pointwise
+
+    def failing(*args):
+        raise RuntimeError('could not create a primitive')
+
+    if problem == 'missing':
+        monkeypatch.setattr(torch.ops, 'mkldnn', types.SimpleNamespace())
+    else:
+        monkeypatch.setattr(torch.ops.mkldnn, '_linear_pointwise', failing if problem == 'raises' else
+                            lambda x, weight, *args: torch.zeros(x.shape[0], weight.shape[0]))
+    assert cpu_fast_path.onednn_ops.__wrapped__() is None
+    monkeypatch.undo()
+    assert cpu_fast_path.onednn_ops.__wrapped__()[0] is real
+
+
+@needs_onednn
+def test_bf16_inference_without_the_weight_reorder_uses_plain_bf16_weights(monkeypatch, paths):
+    def failing(*args):
+        raise RuntimeError('not supported on this CPU')
+
+    monkeypatch.setattr(torch.ops.mkldnn, '_reorder_linear_weight', failing)
+    ops = cpu_fast_path.onednn_ops.__wrapped__()
+    assert ops[0] is torch.ops.mkldnn._linear_pointwise and ops[1] is None
+    monkeypatch.setattr(cpu_fast_path, 'onednn_ops', lambda: ops)
+    ours, paper = paper_pair()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = ours.eval()(x)
+    assert paths == ['inference'] * BLOCKS
+    weight = cpu_fast_path.INFERENCE_WEIGHTS[ours.stages[0][0]][1][0]
+    assert weight.dtype == torch.bfloat16 and torch.equal(weight, ours.stages[0][0].pwconv1.weight.bfloat16())
+    assert largest_relative_difference(outs, step(paper, x, train=False)) < BF16_RTOL
+
+
+# ---- glibc's freed memory: a hook's, never a forward's
+@pytest.fixture
+def mallopt_calls(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_fast_path, '_mallopt', lambda: lambda param, value: calls.append((param, value)))
+    return calls
+
+
+def test_no_forward_changes_the_allocator(mallopt_calls, training_library):
+    ours, _ = paper_pair()
+    step(ours, torch.randn(1, 3, 64, 64), train=True)
+    step(ours, torch.randn(1, 3, 64, 64), train=False)
+    assert not mallopt_calls
+
+
+class FakeRunner:
+    """What the hook reads of mmengine's Runner: the model and the logger."""
+
+    def __init__(self, model):
+        from mmengine.logging import MMLogger
+        self.model = model
+        self.logger = MMLogger.get_instance('cpu_training_memory_hook_test')
+        self.logged = []
+        self.logger.info = self.logged.append
+
+
+def test_cpu_training_memory_hook_applies_for_the_training_and_gives_glibc_back(mallopt_calls):
+    from mmengine.registry import HOOKS
+    hook = HOOKS.build(dict(type='CPUTrainingMemoryHook'))
+    assert isinstance(hook, cpu_fast_path.CPUTrainingMemoryHook)
+    runner = FakeRunner(ConvNeXt(arch=SMALLEST_ARCH))
+    hook.before_train(runner)
+    assert mallopt_calls == [(cpu_fast_path.M_MMAP_THRESHOLD, 2**30), (cpu_fast_path.M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert 'glibc keeps freed blocks of up to 1024 MiB for reuse during training' in runner.logged[0]
+    hook.after_train(runner)
+    assert mallopt_calls[2:] == [(cpu_fast_path.M_MMAP_THRESHOLD, 32 * 2**20),
+                                 (cpu_fast_path.M_TRIM_THRESHOLD, 64 * 2**20)]
+    assert 'glibc returns freed blocks over 32 MiB to the kernel again' in runner.logged[1]
+    hook.after_train(runner)  # once only
+    assert len(mallopt_calls) == 4
+
+
+def test_cpu_training_memory_hook_leaves_glibc_for_a_model_on_another_device(mallopt_calls):
+    with torch.device('meta'):
+        runner = FakeRunner(ConvNeXt(arch=SMALLEST_ARCH))
+    hook = cpu_fast_path.CPUTrainingMemoryHook()
+    hook.before_train(runner)
+    hook.after_train(runner)
+    assert not mallopt_calls and runner.logged == ['CPUTrainingMemoryHook: the model is on meta; glibc left as it is']
+
+
+def test_glibcs_thresholds_are_set_and_given_back():
+    assert cpu_fast_path.reuse_freed_memory() is True  # glibc: this machine's C library
+    assert cpu_fast_path.restore_freed_memory_thresholds() is True

@@ -233,7 +233,8 @@ def test_convnext_v2_backbone():
             assert group['lr'] == pytest.approx(BASE_LR * 0.8**(6 - layer_id))
             assert group['weight_decay'] == (WEIGHT_DECAY if suffix == 'pwconv1.weight' else 0)
     assert groups['backbone.stages.3.1.grn.beta']['layer_id'] == 5
-    with pytest.raises(ValueError, match=r'num_layers=4 is too small.*depths \[2, 2, 6, 2\].*>= 5'):
+    with pytest.raises(ValueError, match=r'num_layers=4 is too small for ConvNeXt V2-atto \(depths=\[2, 2, 6, 2\], '
+                                         r'dims=\[40, 80, 160, 320\]\): layer_wise needs num_layers >= 5'):
         build(model, decay_rate=0.8, num_layers=4)
 
 
@@ -418,15 +419,40 @@ def test_model_without_convnext_backbone(model, match):
         build(model, decay_rate=0.9, num_layers=6)
 
 
-@pytest.mark.parametrize('constructor', [None, 'DefaultOptimWrapperConstructor'])
-def test_decay_settings_without_a_decay_constructor_are_refused(constructor):
-    from convnext_mm.layer_decay import check_decay_constructor
-    cfg = dict(optimizer=dict(type='AdamW', lr=BASE_LR), paramwise_cfg=dict(decay_rate=0.7, num_layers=6))
-    if constructor:
-        cfg['constructor'] = constructor
-    with pytest.raises(ValueError, match=r"sets \['decay_rate', 'num_layers'\], which DefaultOptimWrapperConstructor "
-                                         r"ignores.*Add constructor='ConvNeXtLayerDecayOptimizerConstructor'"):
-        check_decay_constructor(cfg)
-    for constructor in ('ConvNeXtLayerDecayOptimizerConstructor', 'LearningRateDecayOptimizerConstructor'):
-        check_decay_constructor({**cfg, 'constructor': constructor})
-    check_decay_constructor(dict(optimizer=dict(type='AdamW', lr=BASE_LR), paramwise_cfg=dict(norm_decay_mult=0.)))
+def test_the_backbone_answers_mmpretrains_get_layer_depth():
+    """mmpretrain's protocol (its LearningRateDecayOptimWrapperConstructor calls get_layer_depth(name, 'backbone.')):
+    (layer id, num_layers + 2) with mmpretrain's num_layers, 6 for tiny and 12 for small and larger, by default."""
+    tiny, small = ConvNeXt(arch='tiny'), ConvNeXt(arch='small')
+    for backbone, num_layers in ((tiny, 6), (small, 12)):
+        ids = {'backbone.downsample_layers.0.0.weight': 0, 'backbone.stages.0.2.gamma': 1,
+               'backbone.downsample_layers.1.1.bias': 2, 'backbone.stages.2.0.dwconv.weight': 3,
+               'backbone.stages.2.8.pwconv2.weight': 5, 'backbone.stages.3.0.norm.weight': num_layers,
+               'backbone.norm3.weight': num_layers + 1, 'neck.lateral_convs.0.conv.weight': num_layers + 1}
+        for name, layer_id in ids.items():
+            assert backbone.get_layer_depth(name, 'backbone.') == (layer_id, num_layers + 2), name
+    assert small.get_layer_depth('stages.2.26.pwconv1.weight') == (11, 14)
+    assert tiny.get_layer_depth('stages.2.8.pwconv1.weight', decay_type='stage_wise', num_layers=12) == (3, 14)
+    with pytest.raises(ValueError, match="unknown decay_type 'block_wise'"):
+        tiny.get_layer_depth('stages.0.0.gamma', decay_type='block_wise')
+
+
+class AnyBackbone(nn.Module):
+    """A backbone of no convnext_mm class that answers get_layer_depth: stem 0, everything else on top."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.body = nn.Conv2d(4, 4, 1)
+
+    def get_layer_depth(self, param_name, prefix='', decay_type='layer_wise', num_layers=None):
+        return (0 if param_name.startswith(prefix + 'stem.') else num_layers + 1), num_layers + 2
+
+
+def test_the_constructor_asks_the_model_and_knows_no_model_class():
+    model = nn.Module()
+    model.backbone, model.head = AnyBackbone(), nn.Linear(4, 2)
+    groups = group_by_name(model, build(model, decay_rate=0.5, num_layers=2))
+    assert {name: group['lr'] for name, group in groups.items() if name.endswith('weight')} == pytest.approx({
+        'backbone.stem.weight': BASE_LR * 0.5**3, 'backbone.body.weight': BASE_LR, 'head.weight': BASE_LR})
+    alone = AnyBackbone()  # a backbone built on its own answers for itself
+    assert group_by_name(alone, build(alone, decay_rate=0.5, num_layers=2))['stem.weight']['layer_id'] == 0
