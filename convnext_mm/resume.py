@@ -68,7 +68,8 @@ register_backend(ATOMIC_BACKEND, AtomicLocalBackend)
 @HOOKS.register_module()
 class SafeCheckpointHook(Hook):
     """Checkpoints that ``torch.load(weights_only=True)`` reads: the message hub's ``HistoryBuffer`` values stored
-    as ``dict(log_history=tensor, count_history=tensor, max_length=int)`` and rebuilt on load (see the module doc).
+    as ``dict(log_history=tensor, count_history=tensor, max_length=int)`` and rebuilt on load, its numpy numbers
+    (the logger's ``eta``) as Python numbers (see the module doc).
     """
 
     def before_run(self, runner):
@@ -79,11 +80,24 @@ class SafeCheckpointHook(Hook):
         hub = checkpoint.get('message_hub')
         if isinstance(hub, dict) and isinstance(hub.get('log_scalars'), dict):
             hub['log_scalars'] = {key: history_to_data(value) for key, value in hub['log_scalars'].items()}
+        if isinstance(hub, dict) and isinstance(hub.get('runtime_info'), dict):
+            hub['runtime_info'] = python_numbers(hub['runtime_info'])
 
     def after_load_checkpoint(self, runner, checkpoint):
         hub = checkpoint.get('message_hub')
         if isinstance(hub, dict) and isinstance(hub.get('log_scalars'), dict):
             hub['log_scalars'] = {key: history_from_data(value) for key, value in hub['log_scalars'].items()}
+
+
+def python_numbers(value):
+    """``value`` with every numpy number in it, in dicts, lists and tuples too, as a Python number."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return type(value)((key, python_numbers(item)) for key, item in value.items())
+    if isinstance(value, (list, tuple)):
+        return type(value)(python_numbers(item) for item in value)
+    return value
 
 
 def history_to_data(buffer):

@@ -193,6 +193,7 @@ def test_checkpoints_hold_plain_data_that_torchs_safe_loader_reads(tmp_path):
     for value in (1.5, 0.25, 3.0):
         hub.update_scalar('train/loss', value)
     hub.update_info('dataset_meta', dict(classes=CLASSES))
+    hub.update_info('eta', np.float64(12.5))  # as mmengine's logger leaves it
     checkpoint = dict(meta=dict(epoch=1, iter=2, seed=0), message_hub=hub.state_dict(), state_dict={'w': torch.ones(2)})
     runner = None  # the hooks read nothing of it on save and load
     SafeCheckpointHook().before_save_checkpoint(runner, checkpoint)
@@ -204,6 +205,7 @@ def test_checkpoints_hold_plain_data_that_torchs_safe_loader_reads(tmp_path):
     buffer = loaded['message_hub']['log_scalars']['train/loss']
     assert isinstance(buffer, HistoryBuffer) and buffer.current() == 3.0 and buffer.mean() == pytest.approx(1.5833333)
     assert [list(a) for a in buffer.data] == [list(a) for a in hub.get_scalar('train/loss').data]
+    assert loaded['message_hub']['runtime_info']['eta'] == 12.5
     from convnext_mm.resume import set_random_state
     set_random_state(loaded['random_state'])
     again = (torch.rand(3), np.random.rand(3), random.random())
