@@ -184,6 +184,10 @@ def test_a_model_without_detector_or_segmentor_layout_is_refused():
         float32_outputs(torch.nn.Linear(2, 2))
 
 
+def write_checkpoint(cfg, path):
+    torch.save({'state_dict': build_model(cfg).state_dict()}, path)
+
+
 def test_test_tool_with_a_config_fp16_evaluates_the_detector(tmp_path):
     """A config's test_cfg.fp16=True (mmengine's TestLoop switch, which alone fails in mmcv's NMS) evaluates the
     tiny detector through float32_outputs: float32 boxes, close to float32's own."""
