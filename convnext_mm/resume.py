@@ -73,8 +73,12 @@ class SafeCheckpointHook(Hook):
     """
 
     def before_run(self, runner):
+        atomic = any((getattr(hook, 'backend_args', None) or {}).get('backend') == ATOMIC_BACKEND
+                     for hook in runner.hooks)
         runner.logger.info('SafeCheckpointHook: checkpoints hold plain data (the message hub\'s logged values as '
-                           'tensors), which torch.load reads with weights_only=True')
+                           'tensors), which torch.load reads with weights_only=True; written '
+                           + ('atomically (a temporary file renamed, backend_args=dict(backend=\'atomic_local\'))'
+                              if atomic else 'by mmengine\'s own backend'))
 
     def before_save_checkpoint(self, runner, checkpoint):
         hub = checkpoint.get('message_hub')
@@ -151,6 +155,9 @@ class RandomStateHook(Hook):
     def __init__(self):
         self._resumed_state = None
         self._state_before_val = None
+
+    def before_run(self, runner):
+        runner.logger.info('RandomStateHook: checkpoints carry the random generators\' state, restored on --resume')
 
     def before_save_checkpoint(self, runner, checkpoint):
         checkpoint['random_state'] = get_random_state()

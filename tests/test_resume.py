@@ -154,6 +154,9 @@ def test_mmdets_own_train_tool_killed_in_the_middle_of_an_epoch_then_resumes(dat
     resumed = train(plain, work_dir, '--resume', osp.join(work_dir, 'epoch_1.pth'), tool_path=MMDET_OWN)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'resumed epoch: 1, iter: 2' in resumed.stdout + resumed.stderr
+    log = resumed.stdout + resumed.stderr  # what the config declares, the log says
+    assert 'SafeCheckpointHook: checkpoints hold plain data' in log and 'written atomically' in log
+    assert "RandomStateHook: checkpoints carry the random generators' state" in log
     assert_same_state(osp.join(tmp_path, 'reference', 'epoch_3.pth'), osp.join(work_dir, 'epoch_3.pth'))
     assert torch.load(osp.join(work_dir, 'epoch_3.pth'))['meta']['iter'] == 6
 
