@@ -13,10 +13,10 @@ $(VENV)/.complete: requirements.txt setup.py tools/setup_env.sh
 test: setup
 	$(PY) -m pytest tests -q -rs
 
-# The main job: Cascade Mask R-CNN ConvNeXt-T trained from scratch on generated COCO-format data (data/demo/,
-# made by the config's DemoDataHook), evaluated with mmdet's CocoMetric; pictures of predictions go to
-# work_dirs/, the curves to its curves.png. The same as `tools/train.py configs/cascade/convnext_t_3x.py --demo`,
-# and as mmdet's own tools/train.py on this config. See docs/demo.md.
+# The main job: the demo config, the paper's Cascade Mask R-CNN ConvNeXt-T (configs/cascade/convnext_t_3x.py)
+# trained from scratch on generated COCO-format data (data/demo/, made by the config's DemoDataHook), evaluated
+# with mmdet's CocoMetric; pictures of predictions go to work_dirs/, the curves to its curves.png. mmdet's own
+# tools/train.py runs the demo config the same way. See docs/demo.md.
 demo: setup
 	$(PY) tools/train.py configs/demo/cascade_convnext_t_demo.py
 	$(PY) tools/plot_curves.py work_dirs/convnext_t_3x_demo

@@ -1,5 +1,6 @@
 """The repository as the tests reach it: its root, the paper configs the tests shrink, the tools (run in this
-process or as a new one) and what a training run leaves in its work dir."""
+process or as a new one) and their helper modules (tools/ and benchmarks/ go on ``sys.path``, as they are when a
+tool runs as ``python tools/NAME.py``), and what a training run leaves in its work dir."""
 import importlib.util
 import json
 import os
@@ -10,6 +11,11 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TESTS = osp.join(ROOT, 'tests')
+TOOLS = osp.join(ROOT, 'tools')
+BENCHMARKS = osp.join(ROOT, 'benchmarks')
+for _folder in (TOOLS, BENCHMARKS):  # after the installed packages: tools/test.py is no stdlib 'test'
+    if _folder not in sys.path:
+        sys.path.append(_folder)
 CASCADE_T = osp.join(ROOT, 'configs', 'cascade', 'convnext_t_3x.py')
 MASK_RCNN_T = osp.join(ROOT, 'configs', 'mask_rcnn', 'convnext_t_3x.py')
 UPERNET_T = osp.join(ROOT, 'configs', 'upernet', 'convnext_t_512_160k_ade20k.py')
@@ -22,7 +28,7 @@ def config_path(name):
 
 def load_tool(name):
     """tools/NAME.py as a module, to run its main() in this process (no interpreter start-up per test)."""
-    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    spec = importlib.util.spec_from_file_location(f'tools_{name}', osp.join(TOOLS, f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,4 +1,4 @@
-"""Bad input data is found before a run (tools/misc/check_datasets.py), with a message naming the file or value
+"""Bad input data is found before a run (tools/check_datasets.py), with a message naming the file or value
 and the fix; images with no objects are valid and go through training and evaluation."""
 import json
 import os.path as osp
@@ -7,10 +7,10 @@ import shutil
 import pytest
 from mmengine.config import Config
 
-from convnext_mm.data_checks import DataError, check_datasets
 from convnext_mm.demo_data import CLASSES, SEG_CLASSES, make_ade, make_coco
-from project import CASCADE_T, ROOT, UPERNET_T
+from project import CASCADE_T, ROOT, UPERNET_T, load_tool
 from tiny_models import shrink_cascade
+from dataset_checks import DataError, check_datasets  # noqa: E402  tools/dataset_checks.py, on sys.path through project
 SMALL_COCO = {'train': 6, 'val': 3}
 SMALL_ADE = {'training': 4, 'validation': 2}
 
@@ -292,11 +292,8 @@ def test_label_maps_are_read_as_mmseg_reads_them(ade_root):
 
 
 def test_check_datasets_tool_passes_good_data_and_names_the_fix_for_bad(coco_root, tmp_path, capsys):
-    """tools/misc/check_datasets.py: the checks on a config file, data_root moved with --cfg-options."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('check_tool', osp.join(ROOT, 'tools', 'misc', 'check_datasets.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    """tools/check_datasets.py: the checks on a config file, data_root moved with --cfg-options."""
+    tool = load_tool('check_datasets')
     config = tmp_path / 'shapes.py'
     config.write_text(f"""_base_ = {osp.join(ROOT, 'configs', 'demo', 'cascade_convnext_t_demo.py')!r}
 custom_hooks = []  # no DemoDataHook: the data is the test's

@@ -2,8 +2,9 @@
 metric; and the demo run by mmdet's own tools/train.py and tools/test.py as by ours, with the same figures.
 
 Training to the demo's targets takes minutes (``make demo``, ``make demo-seg``); these tests check what the demo
-configs change and keep, that the data passes the checks, one real training step of each model, and a tiny run of
-the detection demo through both pairs of tools.
+configs change and keep, that the data passes the checks, one real training step of each model, a tiny run of
+the detection demo through both pairs of tools, and that a demo checkpoint given with its paper config is an
+error naming the demo config.
 """
 import argparse
 import json
@@ -18,15 +19,21 @@ import pytest
 import torch
 from mmengine.runner import Runner
 
-from convnext_mm.data_checks import check_datasets
-from convnext_mm.demo import DemoDataHook, demo_config_file
+from convnext_mm.demo import DemoDataHook
 from convnext_mm.demo_data import CLASSES, MARKER, SEG_CLASSES
-from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, load_config
-from project import CASCADE_T, ROOT, UPERNET_T, config_path, host_tool
+from project import CASCADE_T, ROOT, UPERNET_T, config_path, host_tool, load_tool
 from tiny_models import assert_every_path_got_a_gradient, record_gradients_on_every_path
+# The tools' helper modules (tools/: on sys.path through project).
+from config_utils import build_model, config_from_command_line, fit_config_to_machine, load_config  # noqa: E402
+from dataset_checks import check_datasets  # noqa: E402
+from trained_model import CheckpointMismatchError, check_fits  # noqa: E402
 
 CASCADE_DEMO = config_path('demo/cascade_convnext_t_demo.py')
 UPERNET_DEMO = config_path('demo/upernet_convnext_t_demo.py')
+ISO_DEMO = config_path('demo/mask_rcnn_convnext_iso_s_demo.py')
+# paper config -> its demo config
+DEMO_OF = {CASCADE_T: CASCADE_DEMO, UPERNET_T: UPERNET_DEMO,
+           config_path('mask_rcnn/convnext_iso_s_lsj_100e.py'): ISO_DEMO}
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +62,8 @@ def test_detection_demo_config_keeps_the_model_pipelines_optimizer_and_metric():
     assert cfg.optim_wrapper.type == 'OptimWrapper' and fit_config_to_machine(cfg, distributed=False) == []
     assert cfg.val_evaluator.type == cfg.test_evaluator.type == 'CocoMetric'
     assert cfg.work_dir.endswith('convnext_t_3x_demo')
-    assert hook_types(cfg) == ['RandomStateHook', 'AutocastNetworkHook', 'DemoDataHook', 'EvalProgressBarHook']
+    # The paper config's hooks, then the demo's own two.
+    assert hook_types(cfg) == hook_types(paper) + ['DemoDataHook', 'EvalProgressBarHook']
 
 
 def test_segmentation_demo_config_keeps_the_model_pipelines_optimizer_and_metric():
@@ -69,15 +77,34 @@ def test_segmentation_demo_config_keeps_the_model_pipelines_optimizer_and_metric
     assert 'DemoDataHook' in hook_types(cfg) and 'EvalProgressBarHook' in hook_types(cfg)
 
 
-def test_demo_flag_runs_the_paper_configs_demo_config(capsys):
-    assert demo_config_file(CASCADE_T) == CASCADE_DEMO and demo_config_file(UPERNET_T) == UPERNET_DEMO
-    assert demo_config_file(CASCADE_DEMO) == CASCADE_DEMO
-    args = argparse.Namespace(config=CASCADE_T, demo=True, launcher='none', work_dir=None, cfg_options=None)
-    assert config_from_command_line(args).to_dict() == dict(load_config(CASCADE_DEMO).to_dict(), launcher='none')
-    assert 'cascade_convnext_t_demo.py, the demo config of' in capsys.readouterr().out
-    mask_rcnn = osp.join(ROOT, 'configs', 'mask_rcnn', 'convnext_t_3x.py')
-    with pytest.raises(SystemExit, match=r'has no demo config\. The demo configs: configs/demo/cascade_convnext_t'):
-        config_from_command_line(argparse.Namespace(**{**vars(args), 'config': mask_rcnn}))
+def test_tools_refuse_a_demo_flag(capsys):
+    """The demo configs are paths: the tools have no --demo."""
+    for tool, argv in (('train', [CASCADE_T, '--demo']), ('test', [CASCADE_T, CASCADE_T, '--demo']),
+                       ('infer', [CASCADE_T, CASCADE_T, ROOT, '--demo']), ('benchmark', [CASCADE_T, '--demo']),
+                       ('export_onnx', [CASCADE_T, CASCADE_T, '--out', 'x.onnx', '--demo'])):
+        with pytest.raises(SystemExit) as exit_info:
+            load_tool(tool).parse_args(argv)
+        assert exit_info.value.code == 2 and 'unrecognized arguments: --demo' in capsys.readouterr().err, tool
+
+
+@pytest.mark.parametrize('paper', list(DEMO_OF), ids=['cascade', 'upernet', 'mask_rcnn_iso'])
+def test_a_demo_checkpoint_with_its_paper_config_is_an_error_naming_the_demo_config(paper, tmp_path):
+    """tools/infer.py's and export_onnx.py's whole-model check: the demo's classes in the checkpoint, the paper
+    config's model; the message names the demo config that inherits the paper config."""
+    demo_cfg = load_config(DEMO_OF[paper])
+    demo_cfg.model.backbone.init_cfg = None
+    classes = CLASSES if demo_cfg.default_scope == 'mmdet' else SEG_CLASSES
+    checkpoint = dict(meta=dict(dataset_meta=dict(classes=classes)), state_dict=build_model(demo_cfg).state_dict())
+    paper_cfg = load_config(paper)
+    paper_cfg.model.backbone.init_cfg = None
+    with pytest.raises(CheckpointMismatchError) as error:
+        check_fits(build_model(paper_cfg), checkpoint, 'demo.pth', paper)
+    message = str(error.value)
+    assert message.startswith(f'checkpoint demo.pth does not fit the model of {paper}: ')
+    assert message.endswith("The checkpoint holds the demo's classes: give the demo config it was trained with, "
+                            f'{osp.relpath(DEMO_OF[paper])}.')
+    assert sorted(check_fits(build_model(demo_cfg), checkpoint, 'demo.pth', DEMO_OF[paper])) == \
+        sorted(checkpoint['state_dict'])
 
 
 @pytest.mark.parametrize('config', [CASCADE_DEMO, UPERNET_DEMO])
@@ -101,7 +128,7 @@ def test_data_root_option_puts_the_demo_data_there(demo_cwd, tmp_path, monkeypat
     from mmseg.registry import HOOKS
     monkeypatch.chdir(demo_cwd)
     elsewhere = tmp_path / 'elsewhere' / 'ade'
-    args = argparse.Namespace(config=UPERNET_T, demo=True, launcher='none', work_dir=None,
+    args = argparse.Namespace(config=UPERNET_DEMO, launcher='none', work_dir=None,
                               cfg_options={'data_root': str(elsewhere), 'train_cfg.max_iters': 7})
     cfg = config_from_command_line(args)
     assert cfg.train_cfg.max_iters == 7  # the other options still apply
@@ -148,10 +175,10 @@ def last_metrics(work_dir, prefix='coco/'):
 
 
 def test_mmdets_own_tools_train_and_test_the_demo_config_as_ours_do(demo_cwd, tmp_path):
-    """Our tools/train.py --demo, then mmdet's own .mim/tools/train.py on the config it wrote into the work dir:
-    the same final validation. Both tools/test.py on that checkpoint: the same predictions and metrics."""
+    """Our tools/train.py on the demo config, then mmdet's own .mim/tools/train.py on the config it wrote into the
+    work dir: the same final validation. Both tools/test.py on that checkpoint: the same predictions and metrics."""
     ours = tmp_path / 'ours'
-    run([osp.join(ROOT, 'tools', 'train.py'), CASCADE_T, '--demo', '--work-dir', str(ours),
+    run([osp.join(ROOT, 'tools', 'train.py'), CASCADE_DEMO, '--work-dir', str(ours),
          '--cfg-options', *TINY_DEMO], demo_cwd)
     dumped = ours / 'cascade_convnext_t_demo.py'
     assert dumped.is_file()

@@ -20,7 +20,6 @@ import pytest
 import torch
 from mmengine.config import Config
 
-import convnext_mm  # noqa: F401  registers the safe globals for torch.load
 from convnext_mm.demo_data import CLASSES, make_coco
 from project import CASCADE_T, ROOT, TESTS, free_port
 from tiny_models import read_coco_data, shrink_cascade

@@ -1,10 +1,13 @@
 """The tools end to end on the CPU with tiny synthetic data: two-process training through tools/dist_train.sh
 (torchrun, gloo) and the evaluation of its checkpoint (in one process and through tools/dist_test.sh), one-process
-segmentation training and TTA test, tools/slurm_train.sh through a stand-in srun, tools/test.py --demo, get_flops
-against docs/results.md, benchmark, the benchmarks' helpers, convert_checkpoint, the command-line errors, and the
-CPU adaptations of the configs."""
+segmentation training and TTA test, tools/slurm_train.sh through a stand-in srun, tools/test.py on a demo config,
+get_flops against docs/results.md, benchmark, the benchmarks' helpers (benchmarks/), convert_checkpoint, the
+command-line errors, the decay-constructor check, and the CPU adaptations of the configs, printed as the
+--cfg-options that give mmengine's Config the same."""
+import argparse
 import json
 import math
+import mmap
 import os
 import os.path as osp
 import pickle
@@ -15,14 +18,26 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config, DictAction
 
 import checkpoint_layouts
-from convnext_mm import ConvNeXt, runtime
-from convnext_mm.runtime import load_config
+import paper_figures
+from convnext_mm import ConvNeXt
 from metrics_recomputed import coco_metrics, segmentation_metrics
-from project import CASCADE_T, MASK_RCNN_T, ROOT, UPERNET_T, free_port, load_tool, run_script, scalars
+from project import (CASCADE_T, MASK_RCNN_T, ROOT, UPERNET_T, config_path, free_port, load_tool, run_script,
+                     scalars)
 from tiny_data import write_ade
 from tiny_models import TINY_CASCADE_CONFIG, TINY_UPERNET_CONFIG
+# The tools' and benchmarks' helper modules (tools/, benchmarks/: on sys.path through project).
+import config_utils  # noqa: E402
+from config_utils import check_decay_constructor, load_config  # noqa: E402
+from peak_memory import in_fresh_process, peak_rss_growth_of  # noqa: E402
+
+# What tools/train.py applies and prints on a machine without CUDA for the cascade config in two processes.
+CASCADE_CPU_OPTIONS = ('optim_wrapper.type=OptimWrapper env_cfg.dist_cfg.backend=gloo '
+                       + ' '.join(f'model.roi_head.bbox_head.{i}.norm_cfg.type=BN' for i in range(3))
+                       + ' model_wrapper_cfg.type=MMDistributedDataParallel model_wrapper_cfg.broadcast_buffers=False'
+                       ' model_wrapper_cfg.find_unused_parameters=False model_wrapper_cfg.device_ids=None')
 
 
 def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
@@ -35,7 +50,9 @@ def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
     assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
     log = train.stdout + train.stderr
     assert 'Distributed training: True' in log and 'GPU number: 2' in log  # one run of two processes
-    assert 'training in fp32' in log and 'SyncBN -> BN' in log
+    # Printed once (by the first process), the options as given to the hosts' tools.
+    assert log.count('No CUDA GPU: running') == 1
+    assert f'No CUDA GPU: running tiny_cascade.py with --cfg-options {CASCADE_CPU_OPTIONS}\n' in log
     # --auto-scale-lr: the config's lr is for 16 images per batch; here 2 processes take 1 each.
     assert 'LR is set based on batch size of 16 and the current batch size is 2. Scaling the original LR by 0.125' \
         in log
@@ -68,7 +85,9 @@ def test_two_processes_train_through_dist_train_sh(tiny_coco, tmp_path):
     assert test.returncode == 0, test.stdout[-3000:] + test.stderr[-3000:]
     log = test.stdout + test.stderr
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
-    assert 'SyncBN -> BN' in log  # tools/test.py logs the CPU adaptations too
+    # tools/test.py prints the distributed run's options too; the optimizer wrapper does not matter to a test.
+    test_options = CASCADE_CPU_OPTIONS.replace('optim_wrapper.type=OptimWrapper ', '')
+    assert f'No CUDA GPU: running tiny_cascade.py with --cfg-options {test_options}\n' in log
     for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
         (logged, ) = set(re.findall(rf'{key}: ([0-9.]+)', log))
         assert float(logged) == pytest.approx(metrics[key], abs=1e-4), key
@@ -99,7 +118,7 @@ def test_the_recomputed_coco_metrics_of_the_ground_truth_are_one(tiny_coco, tmp_
     assert metrics['coco/segm_mAP'] == 1.0  # the masks stayed
 
 
-def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path, monkeypatch):
+def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path, monkeypatch, capsys):
     ade = write_ade(str(tmp_path / 'ade'))
     config = tmp_path / 'tiny_upernet.py'
     config.write_text(TINY_UPERNET_CONFIG.format(base=UPERNET_T))
@@ -109,14 +128,18 @@ def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path, monkeyp
     train = run_script([sys.executable, osp.join(ROOT, 'tools', 'train.py'), str(config), '--work-dir', str(work_dir),
                         '--cfg-options', f'data_root={ade}', 'train_cfg.val_begin=2', 'train_cfg.val_interval=2'])
     assert train.returncode == 0, train.stderr[-3000:]
+    if not torch.cuda.is_available():  # the config's fp16 AMP, as fp32 on this machine, printed as the option
+        assert 'No CUDA GPU: running tiny_upernet.py with --cfg-options optim_wrapper.type=OptimWrapper\n' \
+            in train.stdout
     records = scalars(work_dir)
     losses = [record['loss'] for record in records if 'loss' in record]
     assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     (at_end_of_training, ) = [record for record in records if 'mIoU' in record]
 
     # tools/test.py on the saved checkpoint gives the metrics printed at the end of training, saves the predicted
-    # label maps (--out) and paints the predictions (--show-dir), and logs the config's CPU adaptations ...
-    monkeypatch.setattr(runtime, 'cuda_available', lambda: False)
+    # label maps (--out) and paints the predictions (--show-dir), with the config as it is (one process, no
+    # training: nothing to adapt to the CPU) ...
+    monkeypatch.setattr(config_utils, 'cuda_available', lambda: False)
     test = load_tool('test')
     metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--work-dir', str(work_dir / 'test'),
                          '--out', str(tmp_path / 'labels'), '--show-dir', str(tmp_path / 'painted'),
@@ -129,8 +152,7 @@ def test_segmentation_trains_in_one_process_and_tests_with_tta(tmp_path, monkeyp
     assert sorted(labels) == ['ADE_0.png', 'ADE_1.png'] and all(m.shape == (64, 64) for m in labels.values())
     painted = sorted(path.name for path in (tmp_path / 'painted').rglob('*.png'))  # test_ADE_0.jpg_0.png, ...
     assert len(painted) == 2 and 'ADE_0' in painted[0] and 'ADE_1' in painted[1]
-    (log, ) = (work_dir / 'test').glob('*/*.log')
-    assert 'no CUDA GPU: training in fp32' in log.read_text()
+    assert 'No CUDA GPU' not in capsys.readouterr().out
     # ... and runs mmseg's test-time augmentation: 6 scales and flips, whose averaged logits give other labels.
     tta_metrics = test.main([str(config), str(work_dir / 'iter_2.pth'), '--tta', '--work-dir', str(work_dir),
                              '--out', str(tmp_path / 'tta_labels'), '--cfg-options', f'data_root={ade}'])
@@ -201,11 +223,11 @@ SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NTASKS=1 SLURM_NODELIST=localhost exec "$@"
     assert train.returncode == 1 and 'error: --launcher slurm needs CUDA GPUs' in train.stderr, train.stderr[-3000:]
 
 
-def test_test_tool_demo_mode_with_data_root(tmp_path, monkeypatch):
-    """tools/test.py --demo evaluates on the demo's validation data, generated at data_root (the model shrunk with
-    --cfg-options, and 4 images, to keep the test short)."""
+def test_test_tool_on_the_demo_config_with_data_root(tmp_path, monkeypatch):
+    """tools/test.py on the demo config evaluates on the demo's validation data, generated at data_root (the model
+    shrunk with --cfg-options, and 4 images, to keep the test short)."""
+    from config_utils import build_model
     from convnext_mm.demo_data import MARKER
-    from convnext_mm.runtime import build_model
     monkeypatch.chdir(tmp_path)  # nothing may be written to ./data/demo
     options = [f'data_root={tmp_path / "demo_ade"}', 'model.backbone.arch=atto',
                'model.decode_head.in_channels=[40,80,160,320]', 'model.decode_head.channels=16',
@@ -214,7 +236,8 @@ def test_test_tool_demo_mode_with_data_root(tmp_path, monkeypatch):
     checkpoint = tmp_path / 'demo_model.pth'
     checkpoint.write_bytes(b'')
     test = load_tool('test')
-    argv = [UPERNET_T, str(checkpoint), '--demo', '--work-dir', str(tmp_path / 'work'), '--cfg-options', *options]
+    argv = [config_path('demo/upernet_convnext_t_demo.py'), str(checkpoint), '--work-dir', str(tmp_path / 'work'),
+            '--cfg-options', *options]
     cfg = test.build_config(test.parse_args(argv))
     torch.save({'state_dict': build_model(cfg).state_dict()}, checkpoint)
     metrics = test.main(argv)
@@ -240,23 +263,17 @@ def test_test_tool_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert exit_info.value.code == 2 and 'nothing.pth' in capsys.readouterr().err
 
 
-def results_params_and_flops(config):
-    """docs/results.md's "params here" and "FLOPs here" for ``config`` (the last two cells of the paper's results
-    row whose first cell links the config)."""
-    link = f'](../{osp.relpath(config, ROOT)})'
-    with open(osp.join(ROOT, 'docs', 'results.md')) as f:
-        (row, ) = [line for line in f if line.startswith('|') and link in line.split('|')[1]]
-    return tuple(cell.strip() for cell in row.strip().strip('|').split('|')[-2:])
-
-
 @pytest.mark.parametrize('config', [MASK_RCNN_T, UPERNET_T])
 def test_get_flops_gives_the_numbers_of_docs_results_at_the_paper_input_size(config, capsys):
+    """tools/get_flops.py's row: the input size, the parameters and FLOPs counted here and the paper's, as
+    docs/results.md gives them ('params here', 'FLOPs here', 'params', 'FLOPs' of the row linking the config)."""
     load_tool('get_flops').main([config])
     (row, ) = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith(config)]
     # columns: config, input, params (M), paper params, GFLOPs, paper GFLOPs (the paper's Tables 3 and 4)
     assert row[1] == {MASK_RCNN_T: '1280x800', UPERNET_T: '2048x512'}[config]
-    assert (f'{row[2]}M', f'{row[4]}G') == results_params_and_flops(config)
-    assert (row[3], row[5]) == {MASK_RCNN_T: ('48', '262'), UPERNET_T: ('60', '939')}[config]
+    results = paper_figures.by_config()[osp.relpath(config, osp.join(ROOT, 'configs'))]
+    assert (f'{row[2]}M', f'{row[4]}G') == (results['params here'], results['FLOPs here'])
+    assert (f'{row[3]}M', f'{row[5]}G') == (results['params'], results['FLOPs'])
 
 
 @pytest.mark.parametrize('config', [CASCADE_T, UPERNET_T])
@@ -297,16 +314,30 @@ def resident_pages(mebibytes):
     return memory
 
 
-def test_backbone_benchmark_peak_growth_counts_the_step_alone():
-    benchmark_backbone = load_tool('benchmark_backbone')
+def test_benchmarks_peak_growth_counts_the_step_alone():
+    """benchmarks/peak_memory.py counts what a step adds to the resident set, whatever peak the process reached
+    before: exactly, for memory the step still holds; for memory it has released, as the kernel recorded the peak
+    at the release, from RSS counters it keeps per CPU and sums lazily (file, anonymous and shared pages, each off
+    by fewer than its batch of max(32, 2 x CPUs) pages per CPU)."""
     resident_pages(256).close()  # the process's peak now stays 256 MiB above what it holds
-    growth = benchmark_backbone.peak_rss_growth_of(lambda: resident_pages(32).close())
-    assert 30 * 2**20 <= growth < 100 * 2**20, f'{growth / 2**20:.0f} MiB'
+    held = []
+    assert peak_rss_growth_of(lambda: held.append(resident_pages(32))) == 32 * 2**20
+    held.pop().close()
+    released = peak_rss_growth_of(lambda: resident_pages(32).close())
+    cpus = os.cpu_count()
+    lazy_sum = 3 * max(32, 2 * cpus) * cpus * mmap.PAGESIZE
+    assert abs(released - 32 * 2**20) < lazy_sum, f'{(released - 32 * 2**20) / 2**10:.0f} KiB'
+
+
+def test_benchmarks_measure_in_a_fresh_process_with_this_ones_threads(one_thread):
+    assert in_fresh_process(os.getpid) != os.getpid()
+    assert in_fresh_process(torch.get_num_threads) == 1  # one_thread's, not torch's default of one per core
 
 
 @pytest.mark.parametrize('size', [(800, 1333), (256, 320)])
 def test_detector_memory_benchmark_boxes_fit_the_image_size(size):
-    batch = load_tool('benchmark_detector_memory').synthetic_detection_batch(size)
+    from benchmark_detector_memory import synthetic_detection_batch
+    batch = synthetic_detection_batch(size)
     height, width = size
     assert tuple(batch['inputs'][0].shape) == (3, height, width)
     instances = batch['data_samples'][0].gt_instances
@@ -385,19 +416,77 @@ def test_convert_checkpoint_counts_what_it_leaves_out_and_names_the_source_when_
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_block_missing.pth', 'backbone_and_extras.pth', 'out.pth']
 
 
-def test_cpu_adaptation_of_a_config(monkeypatch):
-    monkeypatch.setattr(runtime, 'cuda_available', lambda: False)
+def host_cfg_options(printed):
+    """The config options of a host tool's command line ``--cfg-options`` + the options printed, as mmdet's and
+    mmseg's tools/train.py parse them (mmengine's DictAction)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(['--cfg-options', *printed.split()]).cfg_options
+
+
+def test_cpu_adaptation_of_a_config_is_the_cfg_options_it_prints(monkeypatch):
+    monkeypatch.setattr(config_utils, 'cuda_available', lambda: False)
     cfg = load_config(CASCADE_T)
-    assert runtime.fit_config_to_machine(cfg, distributed=True)
+    lines = config_utils.fit_config_to_machine(cfg, distributed=True)
+    assert lines[0] == f'No CUDA GPU: running convnext_t_3x.py with --cfg-options {CASCADE_CPU_OPTIONS}'
     assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
     assert cfg.env_cfg.dist_cfg.backend == 'gloo'
     assert 'SyncBN' not in str(cfg.model) and [h.norm_cfg.type for h in cfg.model.roi_head.bbox_head] == ['BN'] * 3
-    assert cfg.model_wrapper_cfg.device_ids is None
+    assert cfg.model_wrapper_cfg == dict(type='MMDistributedDataParallel', broadcast_buffers=False,
+                                         find_unused_parameters=False, device_ids=None)
+    # The printed options make mmengine's Config, as the hosts' tools read it, the same config.
+    host = Config.fromfile(CASCADE_T)
+    host.merge_from_dict(host_cfg_options(lines[0].split(' --cfg-options ')[1]))
+    assert host.to_dict() == cfg.to_dict()
 
-    monkeypatch.setattr(runtime, 'cuda_available', lambda: True)
+    # One process: mmengine's Runner reverts SyncBN itself; a test run builds no optimizer wrapper.
     cfg = load_config(CASCADE_T)
-    assert runtime.fit_config_to_machine(cfg, distributed=True) == []
+    assert config_utils.fit_config_to_machine(cfg, distributed=False)[0] == \
+        'No CUDA GPU: running convnext_t_3x.py with --cfg-options optim_wrapper.type=OptimWrapper'
+    assert config_utils.fit_config_to_machine(load_config(CASCADE_T), distributed=False, training=False) == []
+    # --amp on the CPU: bfloat16 training.
+    cfg = load_config(UPERNET_T)
+    assert config_utils.fit_config_to_machine(cfg, distributed=False, amp=True)[0] == \
+        'No CUDA GPU: running convnext_t_512_160k_ade20k.py with --cfg-options optim_wrapper.type=CPUAmpOptimWrapper'
+    assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+
+    monkeypatch.setattr(config_utils, 'cuda_available', lambda: True)
+    cfg = load_config(CASCADE_T)
+    assert config_utils.fit_config_to_machine(cfg, distributed=True) == []
     assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.env_cfg.dist_cfg.backend == 'nccl'
+
+
+def test_cpu_adaptation_leaves_out_what_fp32_training_does_not_take(tmp_path, monkeypatch, capsys):
+    """A config of its own with AMP's loss_scale: fp32 training leaves it out and says so."""
+    monkeypatch.setattr(config_utils, 'cuda_available', lambda: False)
+    config = tmp_path / 'with_loss_scale.py'
+    config.write_text(f"_base_ = {UPERNET_T!r}\noptim_wrapper = dict(loss_scale='dynamic')\n")
+    cfg = load_tool('train').build_config(load_tool('train').parse_args([str(config)]))
+    assert cfg.optim_wrapper.type == 'OptimWrapper' and 'loss_scale' not in cfg.optim_wrapper
+    printed = capsys.readouterr().out
+    assert 'No CUDA GPU: running with_loss_scale.py with --cfg-options optim_wrapper.type=OptimWrapper\n' in printed
+    assert 'also left out optim_wrapper.loss_scale, which OptimWrapper does not take' in printed
+
+
+@pytest.mark.parametrize('constructor', [None, 'DefaultOptimWrapperConstructor'])
+def test_decay_settings_without_a_decay_constructor_are_refused(constructor, tmp_path):
+    cfg = dict(optimizer=dict(type='AdamW', lr=1e-4), paramwise_cfg=dict(decay_rate=0.7, num_layers=6))
+    if constructor:
+        cfg['constructor'] = constructor
+    message = (r"sets \['decay_rate', 'num_layers'\], which DefaultOptimWrapperConstructor ignores.*"
+               r"Add constructor='ConvNeXtLayerDecayOptimizerConstructor'")
+    with pytest.raises(ValueError, match=message):
+        check_decay_constructor(cfg)
+    for constructor in ('ConvNeXtLayerDecayOptimizerConstructor', 'LearningRateDecayOptimizerConstructor'):
+        check_decay_constructor({**cfg, 'constructor': constructor})
+    check_decay_constructor(dict(optimizer=dict(type='AdamW', lr=1e-4), paramwise_cfg=dict(norm_decay_mult=0.)))
+    # tools/train.py stops with it before a run.
+    config = tmp_path / 'no_decay_constructor.py'
+    config.write_text(f"_base_ = {UPERNET_T!r}\noptim_wrapper = dict(_delete_=True, type='OptimWrapper', "
+                      "optimizer=dict(type='AdamW', lr=1e-4), paramwise_cfg=dict(decay_rate=0.7, num_layers=6))\n")
+    train = load_tool('train')
+    with pytest.raises(SystemExit, match='error: optim_wrapper.paramwise_cfg ' + message):
+        train.build_config(train.parse_args([str(config)]))
 
 
 def test_data_root_option_moves_every_dataset_path():

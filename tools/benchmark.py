@@ -1,6 +1,6 @@
 """Inference speed of a whole ConvNeXt detector or segmentor, in images per second, after a warm-up.
 
-    python tools/benchmark.py CONFIG [--checkpoint FILE] [--demo] [--amp] [--profile] [--shape HEIGHT WIDTH]
+    python tools/benchmark.py CONFIG [--checkpoint FILE] [--amp] [--profile] [--shape HEIGHT WIDTH]
         [--warmup 5] [--iters 20] [--device cpu|cuda] [--cfg-options KEY=VALUE ...]
 
 Each timed iteration is the model's ``test_step`` on one image, as in ``tools/test.py``: normalization and
@@ -8,23 +8,24 @@ padding, the network, and post-processing (detection: NMS and mask pasting; segm
 window). The image is synthetic, of --shape (default: the FLOPs sizes of tools/get_flops.py, 1280x800 for
 detection, the config's test resize for segmentation); data loading is not timed. Without --checkpoint the
 weights are random, and a detector then sends another number of boxes to post-processing than a trained one:
-give the trained checkpoint to time what users will see (``--demo`` for a checkpoint of ``tools/train.py --demo``:
-demo mode's classes and test settings, as ``tools/test.py --demo``). ``--amp`` times mixed-precision inference
-as ``tools/test.py --amp`` runs it (bfloat16 on the CPU, float16 on CUDA; convnext_mm/mixed_precision.py).
+give the trained checkpoint to time what users will see (with the config it was trained with: a demo checkpoint
+with its demo config, configs/demo/). ``--amp`` times mixed-precision inference as ``tools/test.py --amp`` runs
+it (bfloat16 on the CPU, float16 on CUDA; convnext_mm/mixed_precision.py).
 ``--profile`` adds where the time goes: the time per image in each part of the model (the forward of the
 backbone, neck and heads, RoIAlign, each head's post-processing), over the timed iterations.
 """
 import argparse
 import collections
+import contextlib
 import time
 
 import torch
 from mmengine.config import DictAction
 from mmengine.runner import load_state_dict
 
+from config_utils import build_model, load_config, paper_input_size
 from convnext_mm.checkpoint import read_checkpoint
-from convnext_mm.mixed_precision import UnsupportedModelError, autocast_network
-from convnext_mm.runtime import build_model, config_from_command_line, paper_input_size
+from convnext_mm.mixed_precision import UnsupportedModelError, autocast_layers
 
 # The parts of mmdet's and mmseg's models that --profile times: modules (their forward) by attribute name; a
 # cascade's stages are summed per name.
@@ -116,8 +117,6 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Inference images/s of a whole detector or segmentor')
     parser.add_argument('config', help='config file')
     parser.add_argument('--checkpoint', help='trained weights (default: random weights)')
-    parser.add_argument('--demo', action='store_true',
-                        help='demo mode\'s model and test settings (for a checkpoint of tools/train.py --demo)')
     parser.add_argument('--amp', action='store_true',
                         help='mixed-precision inference as tools/test.py --amp: bfloat16 on the CPU, float16 on CUDA')
     parser.add_argument('--profile', action='store_true', help='also print the time per image of each model part')
@@ -128,7 +127,6 @@ def parse_args(argv=None):
     parser.add_argument('--iters', type=int, default=20, help='timed iterations')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
-    parser.set_defaults(launcher='none', work_dir=None)  # what config_from_command_line also reads
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
         parser.error(f'--iters must be at least 1 and --warmup at least 0, got {args.iters} and {args.warmup}')
@@ -139,22 +137,21 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = config_from_command_line(args)
+    cfg = load_config(args.config, args.cfg_options)
     model = build_model(cfg)
     if args.checkpoint:
         checkpoint = read_checkpoint(args.checkpoint)
         load_state_dict(model, checkpoint.get('state_dict', checkpoint), strict=True)
     model.to(args.device)
-    if args.amp:
-        try:
-            autocast_network(model)
-        except UnsupportedModelError as error:
-            raise SystemExit(f'error: {error}')
     timer = PartTimer(model, args.device) if args.profile else None
     image_size = tuple(args.shape) if args.shape else paper_input_size(cfg)
     batch = synthetic_batch(cfg.default_scope, image_size)
-    speed, detections = images_per_second(model, batch, args.warmup, args.iters, args.device,
-                                          before_timing=timer and timer.start)
+    try:
+        with autocast_layers(model) if args.amp else contextlib.nullcontext():
+            speed, detections = images_per_second(model, batch, args.warmup, args.iters, args.device,
+                                                  before_timing=timer and timer.start)
+    except UnsupportedModelError as error:
+        raise SystemExit(f'error: {error}')
     precision = ('float16' if args.device.startswith('cuda') else 'bfloat16') + ' autocast' if args.amp else 'float32'
     found = '' if detections is None else f', {detections} detections'
     print(f'{args.config}: {speed:.2f} images/s ({1000 / speed:.0f} ms per image) on {args.device}, {precision}, '

@@ -2,7 +2,7 @@
 # Train on several GPUs (or CPU processes) of one node, or of several nodes, with torchrun:
 #   tools/dist_train.sh CONFIG NUM_PROCESSES_PER_NODE [tools/train.py options]
 # Several nodes: run it on each node with NNODES, NODE_RANK (0..NNODES-1), MASTER_ADDR (node 0's address) and
-# PORT set alike. Without CUDA the processes use gloo on the CPU (convnext_mm/runtime.py).
+# PORT set alike. Without CUDA the processes use gloo on the CPU (tools/config_utils.py).
 CONFIG=$1
 GPUS=$2
 NNODES=${NNODES:-1}

@@ -1,7 +1,7 @@
 """Export a trained ConvNeXt backbone, UperNet segmentor or detector to ONNX, and check it in onnxruntime.
 
     python tools/export_onnx.py CONFIG CHECKPOINT --out FILE.onnx [--shape H W] [--dynamic] [--backbone-only]
-        [--demo] [--time N] [--threads N] [--cfg-options KEY=VALUE ...]
+        [--time N] [--threads N] [--cfg-options KEY=VALUE ...]
 
 The exported graph takes one input, ``input``: the normalized NCHW float32 batch that the config's data
 preprocessor produces (the tool prints its mean, std and channel order). What it outputs:
@@ -36,9 +36,9 @@ import torch
 import torch.nn as nn
 from mmengine.config import DictAction
 
+from config_utils import build_model, load_config
 from convnext_mm.checkpoint import CheckpointError, load_pretrained
-from convnext_mm.runtime import build_model, config_from_command_line
-from convnext_mm.trained import CheckpointMismatchError, load_trained
+from trained_model import CheckpointMismatchError, load_trained
 
 MAX_RELATIVE_DEVIATION = 1e-4
 # ONNX's protobuf holds at most 2 GiB; larger models keep their weights in FILE.onnx.data beside it.
@@ -203,13 +203,10 @@ def parse_args(argv=None):
                         'detection, 224 224 for --backbone-only)')
     parser.add_argument('--dynamic', action='store_true', help='dynamic height and width (the batch always is)')
     parser.add_argument('--backbone-only', action='store_true', help='export the backbone alone')
-    parser.add_argument('--demo', action='store_true', help='the checkpoint is from tools/train.py --demo')
     parser.add_argument('--threads', type=int, help='CPU threads of PyTorch and onnxruntime (default: their own)')
     parser.add_argument('--time', type=int, default=0, metavar='N',
                         help='time onnxruntime, PyTorch fp32 and bf16 over N interleaved runs')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
-    # What config_from_command_line also reads (tools/train.py's and tools/test.py's options): unused here.
-    parser.set_defaults(launcher='none', work_dir=None)
     args = parser.parse_args(argv)
     for label, path in (('config', args.config), ('checkpoint', args.checkpoint)):
         if not osp.isfile(path):
@@ -225,7 +222,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = config_from_command_line(args)  # --demo and --cfg-options as tools/test.py applies them
+    cfg = load_config(args.config, args.cfg_options)
     cfg.model.backbone.init_cfg = None  # the weights come from CHECKPOINT
     model = build_model(cfg)
     load_weights(model, args)

@@ -23,7 +23,7 @@ from mmengine.config import DictAction
 from mmengine.logging import MMLogger
 from torch import nn
 
-from convnext_mm.runtime import build_model, load_config, paper_input_size
+from config_utils import build_model, load_config, paper_input_size
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS_DIR = osp.join(ROOT, 'configs')

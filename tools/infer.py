@@ -1,7 +1,7 @@
 """Run a trained ConvNeXt detector or segmentor on your own images or videos, and save what it sees.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT... [--out-dir DIR] [--device cpu|cuda] [--score-thr T]
-        [--bf16] [--demo] [--cfg-options KEY=VALUE ...]
+        [--amp] [--cfg-options KEY=VALUE ...]
 
 INPUT is an image file, a folder of images (its files with an image extension, not its subfolders) or a video
 file; give as many as you like. The model runs through mmdet's ``DetInferencer`` or mmseg's ``MMSegInferencer`` and their own call
@@ -20,13 +20,14 @@ images. Under ``--out-dir`` (default
 
 A video gives ``vis/STEM.mp4`` and ``preds/STEM/FRAME.json|png`` per frame. Class names (and colours) come from
 the checkpoint's metadata, which ``tools/train.py`` saves: the demo's classes for a demo checkpoint, COCO's or
-ADE20K's for a checkpoint without any. ``--demo`` reads a checkpoint of ``tools/train.py --demo``: demo mode's
-classes and image size, as ``tools/test.py --demo``. ``--bf16`` runs the network's layers (backbone, neck, the
-heads' convolutions and FCs) under bfloat16 autocast, and box decoding, NMS, RoIAlign, mask pasting and resizing in
-float32 (mmcv's CPU NMS and RoIAlign take float32 only): convnext_mm/mixed_precision.py, as ``tools/test.py --amp``
-on a CPU.
+ADE20K's for a checkpoint without any. A checkpoint of the demo runs with its demo config (configs/demo/; given
+a paper config, the error names the demo config). ``--amp`` runs the network's layers (backbone, neck, the heads'
+convolutions and FCs) under mmengine's autocast, bfloat16 on the CPU and float16 on CUDA, and box decoding, NMS,
+RoIAlign, mask pasting and resizing in float32 (mmcv's CPU NMS and RoIAlign take float32 only):
+convnext_mm/mixed_precision.py, as ``tools/test.py --amp``.
 """
 import argparse
+import contextlib
 import json
 import os
 import os.path as osp
@@ -38,10 +39,10 @@ import torch
 from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
+from config_utils import load_config
 from convnext_mm.checkpoint import CheckpointError, read_checkpoint
-from convnext_mm.mixed_precision import autocast_network
-from convnext_mm.runtime import config_from_command_line
-from convnext_mm.trained import CheckpointMismatchError, check_fits, checkpoint_meta
+from convnext_mm.mixed_precision import autocast_layers
+from trained_model import CheckpointMismatchError, check_fits, checkpoint_meta
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
@@ -57,13 +58,10 @@ def parse_args(argv=None):
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: draw and save the detections scoring at least this (default: 0.3)')
-    parser.add_argument('--bf16', action='store_true',
-                        help='the layers under bfloat16 autocast, post-processing in float32')
-    parser.add_argument('--demo', action='store_true',
-                        help='the checkpoint is from tools/train.py --demo: use demo mode\'s classes and image size')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed-precision inference as tools/test.py --amp: the layers in bfloat16 on the CPU, '
+                        'float16 on CUDA; post-processing in float32')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of the config')
-    # What config_from_command_line also reads (tools/train.py's and tools/test.py's options): unused here.
-    parser.set_defaults(launcher='none', work_dir=None)
     args = parser.parse_args(argv)
     if not osp.isfile(args.config):
         parser.error(f'config {args.config!r} is not a file')
@@ -256,11 +254,10 @@ def video_writer(videos, video_path, picture, out_dir):
 def main(argv=None):
     args = parse_args(argv)
     items = list_inputs(args.inputs)
-    cfg = config_from_command_line(args)  # --demo and --cfg-options as tools/test.py applies them
+    cfg = load_config(args.config, args.cfg_options)
     inferencer = build_inferencer(cfg, args)
-    if args.bf16:
-        autocast_network(inferencer.model, dtype=torch.bfloat16)
-    run(inferencer, items, args.out_dir, args.score_thr)
+    with autocast_layers(inferencer.model) if args.amp else contextlib.nullcontext():
+        run(inferencer, items, args.out_dir, args.score_thr)
     print(f'Pictures in {osp.join(args.out_dir, "vis")}, predictions in {osp.join(args.out_dir, "preds")}')
     return args.out_dir
 

@@ -1,21 +1,24 @@
 """Test (and evaluate) a ConvNeXt detector or segmentor: mmdet's and mmseg's tools/test.py, also without a GPU.
 
-    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta] [--amp] [--demo]
+    python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out PATH] [--show-dir DIR] [--tta] [--amp]
         [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
-A config gives the same figures here as under mmdet's or mmseg's own tools/test.py (what this tool adds:
-distributed runs on the CPU, ``--cfg-options data_root=PATH``, ``--demo``, ``--amp``). Several GPUs:
-tools/dist_test.sh. ``--tta`` runs the config's test-time augmentation (the segmentation configs'
-multi-scale 0.5-1.75 plus flip test). ``--out``: detection, a .pkl file of the raw predictions (as mmdet);
-segmentation, a directory of predicted label maps (as mmseg).
+A config gives the same figures here as under mmdet's or mmseg's own tools/test.py. What this tool adds:
+distributed runs on CPUs (the ``--cfg-options`` they need are printed, tools/config_utils.py),
+``--cfg-options data_root=PATH``, ``--amp``. A checkpoint of the demo is tested with its demo config:
+``python tools/test.py configs/demo/cascade_convnext_t_demo.py CHECKPOINT``. Several GPUs: tools/dist_test.sh.
+``--tta`` runs the config's test-time augmentation (the segmentation configs' multi-scale 0.5-1.75 plus flip test).
+``--out``: detection, a .pkl file of the raw predictions (as mmdet); segmentation, a directory of predicted label
+maps (as mmseg).
 
 ``--amp``: mixed-precision inference, bfloat16 on the CPU and float16 on a CUDA GPU. It sets the config's
 ``test_cfg.fp16=True`` (mmengine's TestLoop switch, and what mmpretrain's ``tools/test.py --amp`` sets; with mmdet's
 own tools/test.py: ``--cfg-options test_cfg.fp16=True``). The configs' AutocastNetworkHook then runs mmengine's
 autocast over the network's layers (backbone, neck, heads) only, box decoding, NMS, RoIAlign, mask pasting and
 resizing in float32 (convnext_mm/mixed_precision.py; mmcv's CPU NMS and RoIAlign take float32 only); a config
-without the hook gets it added. On this project's 2-core CPU it keeps the demo's metrics and runs Cascade Mask
-R-CNN ConvNeXt-T 1.6x and UperNet ConvNeXt-T 1.9x as fast at the paper's input sizes (docs/benchmarks.md).
+without the hook is refused, with the line to add. On this project's 2-core CPU it keeps the demo's metrics and
+runs Cascade Mask R-CNN ConvNeXt-T 1.6x and UperNet ConvNeXt-T 1.9x as fast at the paper's input sizes
+(docs/benchmarks.md).
 """
 import argparse
 import os
@@ -26,10 +29,10 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from config_utils import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu, is_main_process
 from convnext_mm.checkpoint import CheckpointError
-from convnext_mm.data_checks import CHECK_HINT, leaf_datasets
 from convnext_mm.mixed_precision import UnsupportedModelError
-from convnext_mm.runtime import config_from_command_line, fit_config_to_machine, init_distributed_on_cpu
+from dataset_checks import CHECK_HINT, leaf_datasets
 
 
 def parse_args(argv=None):
@@ -47,9 +50,6 @@ def parse_args(argv=None):
     parser.add_argument(
         '--amp', action='store_true', help='mixed-precision inference (test_cfg.fp16=True): the network\'s layers '
         'in bfloat16 on the CPU, float16 on CUDA; post-processing in float32')
-    parser.add_argument(
-        '--demo', action='store_true', help='run the config\'s demo config (configs/demo/): for a checkpoint of '
-        'tools/train.py --demo, on the demo\'s validation data')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -76,12 +76,19 @@ def build_config(args):
     if args.tta:
         use_test_time_augmentation(cfg, args.config)
     if args.amp:
-        cfg.test_cfg['fp16'] = True
         if not any(hook.get('type') == 'AutocastNetworkHook' for hook in cfg.get('custom_hooks', [])):
-            cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(type='AutocastNetworkHook')]
+            raise SystemExit(f"error: --amp: {args.config} lists no AutocastNetworkHook, without which mmengine's "
+                             'autocast would also run NMS and RoIAlign, which take float32 only: add '
+                             "dict(type='AutocastNetworkHook') to the config's custom_hooks")
+        cfg.test_cfg['fp16'] = True
     if args.out is not None and cfg.default_scope == 'mmseg':
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+
+    # Without CUDA: the --cfg-options that run the config here (a distributed run's), applied and printed.
+    for line in fit_config_to_machine(cfg, distributed=args.launcher != 'none', training=False):
+        if is_main_process():
+            print(line, flush=True)
     return cfg
 
 
@@ -114,11 +121,8 @@ def main(argv=None):
     if args.out is not None and cfg.default_scope == 'mmdet' and not args.out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'error: --out {args.out}: detection predictions are dumped to a .pkl file')
     init_distributed_on_cpu(cfg)
-    changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
         runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
-        for change in changes:
-            runner.logger.warning(change)
         if args.out is not None and cfg.default_scope == 'mmdet':
             from mmdet.evaluation import DumpDetResults
             runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))

@@ -1,14 +1,15 @@
 """Train a ConvNeXt detector or segmentor: mmdet's and mmseg's tools/train.py, also on a machine without a GPU.
 
     python tools/train.py configs/cascade/convnext_t_3x.py [--work-dir DIR] [--resume [CHECKPOINT]] [--amp]
-        [--auto-scale-lr] [--demo] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+        [--auto-scale-lr] [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 A config trains the same here as under mmdet's or mmseg's own tools/train.py: its hooks and settings are all in
-the file. What this tool adds: without CUDA, the config's fp16 AMP runs in fp32 and distributed runs use gloo
-(logged; convnext_mm/runtime.py); ``--cfg-options data_root=PATH`` moves all dataset paths of the config to PATH;
-``--demo`` runs the config's demo config (configs/demo/; ``make demo``); errors that name the fix. Several GPUs or
-nodes: tools/dist_train.sh (torchrun), tools/slurm_train.sh. Checking a data set before a long run:
-tools/misc/check_datasets.py.
+the file. The demo is a config too: ``python tools/train.py configs/demo/cascade_convnext_t_demo.py`` (``make
+demo``). What this tool adds: without CUDA, the ``--cfg-options`` that run the config on the CPU (fp32 instead of
+the config's fp16 AMP, bfloat16 with ``--amp``; for distributed runs gloo and BN), printed as the options they are
+(tools/config_utils.py), and distributed runs on CPUs; ``--cfg-options data_root=PATH`` moves all dataset paths
+of the config to PATH; errors that name the fix. Several GPUs or nodes: tools/dist_train.sh (torchrun),
+tools/slurm_train.sh. Checking a data set before a long run: tools/check_datasets.py.
 """
 import argparse
 import os
@@ -18,12 +19,11 @@ from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from config_utils import (check_decay_constructor, config_from_command_line, cuda_available, fit_config_to_machine,
+                          init_distributed_on_cpu, is_main_process, lost_a_peer)
 from convnext_mm.checkpoint import CheckpointError
-from convnext_mm.data_checks import CHECK_HINT
-from convnext_mm.layer_decay import check_decay_constructor
 from convnext_mm.mixed_precision import UnsupportedModelError
-from convnext_mm.runtime import (config_from_command_line, cuda_available, fit_config_to_machine,
-                                init_distributed_on_cpu, lost_a_peer)
+from dataset_checks import CHECK_HINT
 
 
 def parse_args(argv=None):
@@ -40,11 +40,6 @@ def parse_args(argv=None):
         type=str,
         const='auto',
         help='resume from this checkpoint, or without a path from the latest checkpoint in the work dir')
-    parser.add_argument(
-        '--demo',
-        action='store_true',
-        help='run the config\'s demo config (configs/demo/): the model from scratch on generated COCO/ADE20K-format '
-        'data under data/demo/, about 10 minutes on 2 CPU cores')
     parser.add_argument(
         '--cfg-options',
         nargs='+',
@@ -70,12 +65,9 @@ def build_config(args):
     except ValueError as error:
         raise SystemExit(f'error: {error}')
 
-    if args.amp:
-        if cuda_available():
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
-        else:  # bfloat16 needs no loss scaling
-            cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
+    if args.amp and cuda_available():  # as mmdet's and mmseg's --amp; on a CPU, CPUAmpOptimWrapper (below)
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
 
     if args.auto_scale_lr:
         if 'enable' not in cfg.get('auto_scale_lr', {}) or 'base_batch_size' not in cfg.auto_scale_lr:
@@ -90,6 +82,11 @@ def build_config(args):
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+
+    # Without CUDA: the --cfg-options that run the config here, applied and printed.
+    for line in fit_config_to_machine(cfg, distributed=args.launcher != 'none', amp=args.amp):
+        if is_main_process():
+            print(line, flush=True)
     return cfg
 
 
@@ -103,12 +100,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = build_config(args)
     init_distributed_on_cpu(cfg)
-    changes = fit_config_to_machine(cfg, distributed=args.launcher != 'none')
     try:
-        runner = build_runner(cfg)
-        for change in changes:
-            runner.logger.warning(change)
-        runner.train()
+        build_runner(cfg).train()
     except (CheckpointError, UnsupportedModelError) as error:  # e.g. the ImageNet file is not there: what to do
         sys.exit(f'error: {error}')
     except FileNotFoundError as error:  # most often the data set is not where the config says

@@ -3,14 +3,20 @@ the tools that run or export it (``tools/infer.py``, ``tools/export_onnx.py``).
 
 mmengine's loader only warns about tensors that are missing, unexpected or of another shape, and leaves those
 parameters randomly initialized; a user would then get a model that predicts noise. Here every tensor must
-fit, and an error says which parts of the model differ and what to do.
+fit, and an error says which parts of the model differ and what to do: for a checkpoint of a demo run given with
+a paper config, the demo config to give instead.
 """
+import ast
+import glob
+import os.path as osp
+
 import torch
 
-from .checkpoint import CheckpointError, StrictLoading, read_checkpoint
-from .demo_data import CLASSES as DEMO_CLASSES
-from .demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
+from convnext_mm.checkpoint import CheckpointError, StrictLoading, read_checkpoint
+from convnext_mm.demo_data import CLASSES as DEMO_CLASSES
+from convnext_mm.demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
 
+DEMO_CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'demo')
 MAX_KEYS_SHOWN = 2
 MAX_CLASSES_SHOWN = 8
 
@@ -67,7 +73,7 @@ def check_fits(model, checkpoint, checkpoint_path, config_path):
                           'the model' for key in reshaped[:MAX_KEYS_SHOWN])
         problems.append(f'{len(reshaped)} tensors differ in shape ({shown})')
     raise CheckpointMismatchError(f'checkpoint {checkpoint_path} does not fit the model of {config_path}: '
-                                  f'{"; ".join(problems)}. {_fit_hint(checkpoint)}')
+                                  f'{"; ".join(problems)}. {fit_hint(checkpoint, config_path)}')
 
 
 def _parts(keys):
@@ -76,15 +82,37 @@ def _parts(keys):
     return f'{", ".join(m + ".*" for m in modules)} ({len(keys)} tensors)'
 
 
-def _fit_hint(checkpoint):
+def fit_hint(checkpoint, config_path):
+    """What to give instead of ``config_path``: for a checkpoint of a demo run, the demo config (the one that
+    inherits ``config_path`` where there is one); else the config of the checkpoint's classes."""
     classes = checkpoint_classes(checkpoint)
     if classes in (DEMO_CLASSES, DEMO_SEG_CLASSES):
-        return "The checkpoint holds the demo's classes: add --demo."
+        configs = demo_configs_of(config_path) or sorted(glob.glob(osp.join(DEMO_CONFIGS_DIR, '*.py')))
+        names = ' or '.join(osp.relpath(path) for path in configs)
+        return f"The checkpoint holds the demo's classes: give the demo config it was trained with, {names}."
     if classes:
         more = ', ...' if len(classes) > MAX_CLASSES_SHOWN else ''
         return (f'Give the config the checkpoint was trained with (it has {len(classes)} classes: '
                 f'{", ".join(classes[:MAX_CLASSES_SHOWN])}{more}).')
     return 'Give the config the checkpoint was trained with.'
+
+
+def demo_configs_of(config_path):
+    """The demo configs (configs/demo/*.py) whose ``_base_`` is ``config_path``."""
+    target = osp.realpath(config_path)
+    return [path for path in sorted(glob.glob(osp.join(DEMO_CONFIGS_DIR, '*.py')))
+            if osp.realpath(osp.join(osp.dirname(path), _base_of(path) or '')) == target]
+
+
+def _base_of(path):
+    """The ``_base_ = '...'`` file of a config, or None."""
+    with open(path, encoding='utf-8') as f:
+        tree = ast.parse(f.read(), filename=path)
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and [getattr(t, 'id', None) for t in node.targets] == ['_base_']
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            return node.value.value
+    return None
 
 
 def load_trained(model, checkpoint_path, config_path):

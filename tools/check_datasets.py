@@ -1,9 +1,9 @@
 """Check a config's data sets before a run: paths, annotation files, images, label maps and classes.
 
-    python tools/misc/check_datasets.py CONFIG [--splits train val test] [--cfg-options KEY=VALUE ...]
+    python tools/check_datasets.py CONFIG [--splits train val test] [--cfg-options KEY=VALUE ...]
 
 Reads what the config's datasets and evaluators will read and stops at the first problem with a message that
-names the file or value and the fix (convnext_mm/data_checks.py): a missing data root or image, an annotation
+names the file or value and the fix (tools/dataset_checks.py): a missing data root or image, an annotation
 file that is not COCO's format, classes the file lacks or lists in another order, heads whose num_classes does
 not match, label maps with values beyond the classes. Training and testing do not run these checks themselves
 (mmdet's and mmseg's tools read the data once); run this after preparing a data set, or when a run stops in
@@ -14,8 +14,8 @@ import sys
 
 from mmengine.config import DictAction
 
-from convnext_mm.data_checks import DataError, check_datasets
-from convnext_mm.runtime import load_config
+from config_utils import load_config
+from dataset_checks import DataError, check_datasets
 
 SPLITS = ('train', 'val', 'test')
 

@@ -1,6 +1,6 @@
 """Speed, peak memory and numerics of our ConvNeXt backbone against the paper's formulation, in one run.
 
-    python tools/benchmark_backbone.py [--quick] [--archs tiny base] [--sizes 8x224x224 1x800x1216]
+    python benchmarks/benchmark_backbone.py [--quick] [--archs tiny base] [--sizes 8x224x224 1x800x1216]
         [--reps 5] [--threads N] [--compile] [--no-memory] [--timm] [--no-onnxruntime] [--no-bf16]
         [--precisions fp32 bf16 ...]
 
@@ -18,7 +18,7 @@ training ran before the oneDNN training path; convnext_mm/cpu_fast_path.py), in 
 
 Peak memory: on a GPU, ``torch.cuda.max_memory_allocated`` during one step, over what was allocated before it
 (the allocator's peak is reset first); on the CPU, the growth of the process's peak resident set (VmHWM) over one
-step, measured in a fresh subprocess (PyTorch keeps no CPU allocator statistics).
+step, measured in a fresh process (PyTorch keeps no CPU allocator statistics).
 
 ``--timm`` (where timm is installed, e.g. a GPU machine) adds timm's ConvNeXt of the same arch as a model column,
 built as detection uses it (``features_only=True``, the four stage maps, without our output norms), with its own
@@ -32,14 +32,12 @@ On the CPU, inference is also timed, in the same interleaving, for two more engi
 run by ONNX Runtime's CPU provider with all graph optimizations and torch's number of threads (``--no-bf16``,
 ``--no-onnxruntime`` leave them out).
 
-A whole detector's training-step memory: tools/benchmark_detector_memory.py.
+A whole detector's training-step memory: benchmarks/benchmark_detector_memory.py.
 """
 import argparse
 import importlib.util
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,19 +47,11 @@ import torch.nn as nn
 
 from convnext_mm import cpu_fast_path
 from convnext_mm.backbone import ARCH_SETTINGS, ConvNeXt, ConvNeXtBlock
+from peak_memory import in_fresh_process, machine_line, peak_rss_growth_of
 
-
-
-def load_reference():
-    """tests/reference.py, the paper's formulation, imported by its path (tests/ is no package)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests', 'reference.py')
-    spec = importlib.util.spec_from_file_location('convnext_reference', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-reference = load_reference()
+# tests/reference.py, the paper's formulation (tests/ is a folder of modules, not a package).
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tests'))
+import reference  # noqa: E402
 
 
 # ---------------------------------------------------------------- the models and one step of each
@@ -112,12 +102,8 @@ def run_step(model, x, step, amp_dtype):
 
 def training_in_library(library, model, x):
     """A training step of ``model`` (ours) with the CPU training path's products in ``library``."""
-    chosen = cpu_fast_path.training_library()
-    cpu_fast_path.TRAINING_LIBRARY = library
-    try:
+    with cpu_fast_path.use_training_library(library):
         return run_step(model, x, 'train', None)
-    finally:
-        cpu_fast_path.TRAINING_LIBRARY = chosen
 
 
 def synchronize(device):
@@ -132,24 +118,6 @@ def largest_relative_difference(tensors, references):
 
 
 # ---------------------------------------------------------------- peak memory of one step
-def peak_rss_growth_of(fn):
-    """Growth of this process's peak resident set while ``fn`` runs, in bytes (Linux): the peak is reset to the
-    current resident set first, so peaks reached before (building the models) do not count."""
-
-    def status_kib(field):
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(field + ':'):
-                    return int(line.split()[1])
-        raise RuntimeError(f'no {field} in /proc/self/status')
-
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')  # Linux >= 4.0: VmHWM := VmRSS
-    before = status_kib('VmRSS')
-    fn()
-    return (status_kib('VmHWM') - before) * 1024
-
-
 def cuda_peak_of_step(model, x, step, amp_dtype):
     """Bytes the CUDA allocator held at its peak during one step, over what it held before: the allocator keeps
     its own statistics, so this needs no fresh process. Run after a warm-up step (cuDNN workspaces and
@@ -172,16 +140,6 @@ def peak_memory_of_step(model_name, arch, shape, step, device, amp_dtype, onnx_p
         return peak_rss_growth_of(lambda: run(x))
     model = build_models(arch, device)[model_name]
     return peak_rss_growth_of(lambda: run_step(model, x, step, amp_dtype))
-
-
-def measure_in_subprocess(request):
-    """Run ``--_measure JSON`` in a fresh interpreter (a clean peak) and return its number."""
-    command = [sys.executable, os.path.abspath(__file__), '--threads', str(torch.get_num_threads()),
-               '--_measure', json.dumps(request)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f'memory measurement {request} failed:\n{result.stderr[-3000:]}')
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 # ---------------------------------------------------------------- the backbone table
@@ -275,10 +233,9 @@ def benchmark_setting(arch, shape, step, device, amp_dtype, channels_last, reps,
         elif memory and name not in ('ours+compile', 'ours mkl'):  # compile: its first step would count the
             # compiler's memory; mkl: the same model and memory as ours
             amp = torch.bfloat16 if name == 'ours bf16' else amp_dtype
-            request = dict(model=name.split()[0], arch=arch, shape=list(shape), step=step, device=str(device),
-                           amp=str(amp).replace('torch.', '') if amp else None,
-                           onnx=os.path.join(onnx_dir.name, 'paper.onnx') if name == 'onnxruntime' else None)
-            row['peak_mib'] = measure_in_subprocess(request) / 2**20
+            onnx_path = os.path.join(onnx_dir.name, 'paper.onnx') if name == 'onnxruntime' else None
+            row['peak_mib'] = in_fresh_process(peak_memory_of_step, name.split()[0], arch, shape, step, device, amp,
+                                               onnx_path) / 2**20
         rows.append(row)
     del models, results, engines
     onnx_dir.cleanup()
@@ -297,13 +254,6 @@ def format_table(rows, precision_label):
         lines.append(f'| {r["arch"]} | {r["shape"]} | {r["step"]} | {precision_label(r)} | {r["model"]} '
                      f'| {r["images_per_s"]:.4g} | {r["vs_paper"]:.2f}x | {peak} | {out} | {grad} |')
     return '\n'.join(lines)
-
-
-def machine_line(device):
-    with open('/proc/loadavg') as f:
-        load = ' '.join(f.read().split()[:3])
-    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
-    return f'torch {torch.__version__}, {where}, load average {load} (1, 5, 15 min)'
 
 
 # --precisions: (label, autocast dtype, channels_last input) on each device. TF32 as in the paper's A100 throughput.
@@ -365,11 +315,10 @@ def parse_args(argv=None):
     parser.add_argument('--precisions', nargs='+', choices=sorted(CUDA_SETTINGS),
                         help='on a GPU: fp32-nchw, fp32 (TF32, channels_last), bf16, fp16 (AMP, channels_last); '
                              'default all. On the CPU: fp32')
-    parser.add_argument('--no-onnxruntime', dest='cpu_extras', action='append_const', const='-onnxruntime',
+    parser.add_argument('--no-onnxruntime', dest='onnxruntime', action='store_false',
                         help='CPU inference: leave out the ONNX Runtime row (the paper\'s formulation exported)')
-    parser.add_argument('--no-bf16', dest='cpu_extras', action='append_const', const='-bf16',
+    parser.add_argument('--no-bf16', dest='bf16', action='store_false',
                         help='CPU inference: leave out the row of ours under bf16 autocast')
-    parser.add_argument('--_measure', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.archs, args.sizes, args.reps = ['tiny'], [(2, 3, 224, 224)], 2
@@ -386,11 +335,10 @@ def parse_args(argv=None):
                      f'choose from {sorted(CUDA_SETTINGS if on_cuda else CPU_SETTINGS)}')
     if args.timm and importlib.util.find_spec('timm') is None:
         parser.error('--timm needs timm installed (pip install timm)')
-    left_out = {name[1:] for name in args.cpu_extras or []}
-    args.cpu_extras = [name for name in ('bf16', 'onnxruntime') if name not in left_out]
-    if 'onnxruntime' in args.cpu_extras and importlib.util.find_spec('onnxruntime') is None:
+    if args.onnxruntime and importlib.util.find_spec('onnxruntime') is None:
         print('onnxruntime is not installed: no ONNX Runtime row (pip install -r requirements.txt)')
-        args.cpu_extras.remove('onnxruntime')
+        args.onnxruntime = False
+    args.cpu_extras = [name for name in ('bf16', 'onnxruntime') if getattr(args, name)]
     return args
 
 
@@ -398,15 +346,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args._measure:  # the child process of measure_in_subprocess
-        request = json.loads(args._measure)
-        device = torch.device(request['device'])
-        amp = getattr(torch, request['amp']) if request['amp'] else None
-        result = peak_memory_of_step(request['model'], request['arch'], tuple(request['shape']), request['step'],
-                                     device, amp, request.get('onnx'))
-        print(json.dumps(result))
-    else:
-        run_backbone_benchmark(args)
+    run_backbone_benchmark(args)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,9 @@
 """Peak memory of one training step of a whole detector, with the backbone's gradient checkpointing (``with_cp``)
 off and on.
 
-    python tools/benchmark_detector_memory.py CONFIG [--size 800x1333] [--amp float16|bfloat16] [--threads N]
+    python benchmarks/benchmark_detector_memory.py CONFIG [--size 800x1333] [--amp float16|bfloat16] [--threads N]
 
-Each step runs in a fresh subprocess (a clean peak) on a synthetic image with three boxes and their masks, the
+Each step runs in a fresh process (a clean peak) on a synthetic image with three boxes and their masks, the
 config's model at random weights. On a GPU: the config's whole training step, ``model.train_step`` through the
 config's optimizer wrapper (its layer-decay constructor; ``--amp`` makes it mmengine's AmpOptimWrapper of that
 dtype, else plain fp32), after one warm-up step; the peak is ``torch.cuda.max_memory_allocated`` over what was
@@ -11,29 +11,23 @@ allocated before, the time the median of three steps. On the CPU: the first forw
 the peak is the growth of the process's peak resident set (the resident set does not shrink back between steps).
 """
 import argparse
-import importlib.util
-import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
 
+from peak_memory import in_fresh_process, machine_line, peak_rss_growth_of
+
+# tools/config_utils.py: a config read and its model built as the tools do it.
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+from config_utils import build_model, load_config  # noqa: E402
+
 # Three boxes (x1, y1, x2, y2) as fractions of the image's width and height: at 800x1333, (100, 120, 500, 600),
 # (600, 50, 1000, 400) and (300, 400, 1200, 780).
 BOX_FRACTIONS = [[0.075, 0.15, 0.375, 0.75], [0.45, 0.0625, 0.75, 0.5], [0.225, 0.5, 0.9, 0.975]]
-
-
-def load_backbone_benchmark():
-    """tools/benchmark_backbone.py, for its peak-RSS measurement and machine line."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'benchmark_backbone.py')
-    spec = importlib.util.spec_from_file_location('benchmark_backbone', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def synthetic_detection_batch(size):
@@ -61,8 +55,6 @@ def detector_training_step(config, with_cp, size, device, amp=None):
     image (see the module doc)."""
     from mmengine.optim import build_optim_wrapper
 
-    from convnext_mm.runtime import build_model, load_config
-
     cfg = load_config(config, {'model.backbone.with_cp': with_cp})
     model = build_model(cfg).to(device).train()
     data = synthetic_detection_batch(size)
@@ -75,7 +67,7 @@ def detector_training_step(config, with_cp, size, device, amp=None):
             return loss
 
         start = time.perf_counter()
-        peak = load_backbone_benchmark().peak_rss_growth_of(backward)
+        peak = peak_rss_growth_of(backward)
         return peak, time.perf_counter() - start, None
     optim_cfg = cfg.optim_wrapper.copy()
     if amp is None:
@@ -99,24 +91,13 @@ def detector_training_step(config, with_cp, size, device, amp=None):
     return torch.cuda.max_memory_allocated(device) - base, statistics.median(seconds), losses
 
 
-def measure_in_subprocess(request, threads):
-    """One step of ``request`` in a fresh interpreter (a clean peak); its (peak, seconds, losses)."""
-    command = [sys.executable, os.path.abspath(__file__), request['config'], '--threads', str(threads),
-               '--_measure', json.dumps(request)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f'detector memory measurement {request} failed:\n{result.stderr[-3000:]}')
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def run(args):
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    machine_line = load_backbone_benchmark().machine_line
     print(f'Before: {machine_line(torch.device(device))}', flush=True)
     results = {}
     for with_cp in (False, True):
-        request = dict(config=args.config, with_cp=with_cp, size=list(args.size), device=device, amp=args.amp)
-        results[with_cp] = measure_in_subprocess(request, torch.get_num_threads())
+        # In a fresh process: a clean peak.
+        results[with_cp] = in_fresh_process(detector_training_step, args.config, with_cp, args.size, device, args.amp)
         print(f'  with_cp={with_cp}: done', flush=True)
     size = f'1x3x{args.size[0]}x{args.size[1]}'
     precision = f'AMP {args.amp}' if args.amp else 'fp32'
@@ -147,7 +128,6 @@ def parse_args(argv=None):
     parser.add_argument('--amp', choices=['float16', 'bfloat16'],
                         help="on a GPU: train through mmengine's AmpOptimWrapper in this dtype")
     parser.add_argument('--threads', type=int, help="CPU threads (default: torch's, one per core)")
-    parser.add_argument('--_measure', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.amp and not torch.cuda.is_available():
         parser.error("--amp: mmengine's AmpOptimWrapper needs a CUDA GPU; on the CPU the step is fp32")
@@ -160,12 +140,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args._measure:  # the child process of measure_in_subprocess
-        request = json.loads(args._measure)
-        print(json.dumps(detector_training_step(request['config'], request['with_cp'], tuple(request['size']),
-                                                request['device'], request['amp'])))
-    else:
-        run(args)
+    run(args)
 
 
 if __name__ == '__main__':

@@ -4,7 +4,7 @@ Without them, a missing data root, a broken annotation file, a listed image that
 beyond the model's classes surface as deep tracebacks from pycocotools, OpenCV or the loss, sometimes only
 hours into training; and COCO categories whose names the config does not list are dropped silently.
 
-``python tools/misc/check_datasets.py CONFIG`` runs ``check_datasets(cfg, ('train', 'val', 'test'))``; the
+``python tools/check_datasets.py CONFIG`` runs ``check_datasets(cfg, ('train', 'val', 'test'))``; the
 training and test tools do not (a run reads its data once, as mmdet's and mmseg's own tools do). It builds each
 dataset without loading it (``lazy_init``) to learn its resolved paths and classes exactly as mmdet/mmseg will,
 then reads the files itself, as they read them (label maps with mmcv's decoder, cast to uint8, as mmseg's
@@ -32,7 +32,7 @@ DATA_HELP = {
 }
 DEMO_HELP = ('To try the model without the dataset, run `make demo` (detection) or `make demo-seg` '
              '(segmentation): they generate a small dataset in these formats under data/demo/ and train on it.')
-CHECK_HINT = ('python tools/misc/check_datasets.py CONFIG [--cfg-options ...] checks the config\'s data sets and names '
+CHECK_HINT = ('python tools/check_datasets.py CONFIG [--cfg-options ...] checks the config\'s data sets and names '
               'what is missing or malformed. ' + DEMO_HELP)
 
 
