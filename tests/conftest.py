@@ -23,9 +23,10 @@ SLOW = {
         'test_mmdets_own_train_tool_killed_in_the_middle_of_an_epoch_then_resumes',
         'test_sigkill_while_writing_a_checkpoint_leaves_no_checkpoint_file_then_resume',
     },
-    'test_demo_mode.py': {  # demo training runs
+    'test_demo_mode.py': {  # demo training runs, the test tool on a demo checkpoint
         'test_mmdets_own_tools_train_and_test_the_demo_config_as_ours_do',
         'test_one_training_step_on_the_demo_data',
+        'test_a_demo_checkpoint_with_its_paper_config_is_an_error_naming_the_demo_config',
     },
     'test_tools.py': {  # the tools as new processes, training runs, models at the paper's sizes
         'test_two_processes_train_through_dist_train_sh',
@@ -34,18 +35,19 @@ SLOW = {
         'test_missing_imagenet_checkpoint_stops_training_with_the_fix',
         'test_test_tool_on_the_demo_config_with_data_root',
         'test_get_flops_gives_the_numbers_of_docs_results_at_the_paper_input_size',
+        'test_benchmark_reports_the_speed_of_the_timed_test_steps',
+        'test_benchmarks_measure_in_a_fresh_process_with_this_ones_threads',
     },
-    'test_released_models.py': {  # the hosts' and our test tools on model-zoo files
-        'test_mmdets_own_test_tool_evaluates_the_model_zoo_file_as_the_original',
-        'test_mmsegs_own_test_tool_evaluates_the_model_zoo_file_as_the_original',
-        'test_our_test_tool_stops_on_a_file_of_another_backbone_with_the_fix',
-    },
-    'test_mixed_precision.py': {  # the train and test tools' runs
+    'test_released_models.py': None,  # released models' layouts through every host loader and test tool
+    'test_mixed_precision.py': {  # the train, test and benchmark tools' runs
         'test_train_tool_validates_a_detector_with_a_config_val_fp16',
         'test_test_tool_with_a_config_fp16_evaluates_the_detector',
         'test_test_tool_amp_evaluates_the_segmentor',
+        'test_benchmark_amp_profile_parts_add_up_to_the_step',
     },
-    'test_infer_export.py': {  # exports checked in onnxruntime
+    'test_infer_export.py': {  # the inference tool's runs, exports checked in onnxruntime
+        'test_infer_detection_on_a_folder_and_a_video',
+        'test_infer_segmentation_on_a_folder',
         'test_export_backbone_runs_in_onnxruntime_with_the_same_outputs',
         'test_export_segmentor_runs_in_onnxruntime_with_the_same_logits',
         'test_export_detector_up_to_its_first_nms',
@@ -56,7 +58,10 @@ SLOW = {
     },
     'test_configs.py': {'test_small_config_trains_a_step_and_predicts_on_the_cpu'},  # paper models' training steps
     'test_data_errors.py': {'test_images_without_objects_are_kept_and_train_and_evaluate'},  # a training run
-    'test_isotropic.py': {'test_official_file_loads_exactly_and_gives_the_reference_outputs'},  # released files, L
+    'test_isotropic.py': {  # released files up to L, the configs' training steps
+        'test_official_file_loads_exactly_and_gives_the_reference_outputs',
+        'test_config_trains_a_step_on_the_cpu_with_gradients_reaching_the_stem',
+    },
     'test_backbone.py': {'test_every_preset_gives_strides_4_to_32_at_an_odd_size'},  # every preset up to huge
     'test_fast_paths.py': {'test_compile_option_matches_the_paper_formulation'},  # torch.compile
     'test_guest.py': {'test_a_host_project_registers_its_own_ln2d_whichever_is_imported_first'},  # new processes
