@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from convnext_mm import ConvNeXt
-from convnext_mm.backbone import GRN, LayerNorm2d
+from convnext_mm.blocks import GRN, LayerNorm2d
 
 from tiny_models import randomize
 

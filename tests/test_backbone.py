@@ -183,6 +183,7 @@ def test_frozen_stages_0_and_minus_1_freeze_nothing(frozen_stages):
     (dict(out_indices=(1, -3)), 'distinct stages'),
     (dict(frozen_stages=5), 'frozen_stages=5 is out of range'),
     (dict(drop_path_rate=1.5), 'drop_path_rate=1.5'),
+    (dict(in_channels=0), r'in_channels=0 must be a positive integer'),
 ])
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('[', r'\[')):

@@ -166,8 +166,8 @@ def test_checkpoint_of_another_size_names_shapes_and_keys(tmp_path):
     assert 'bigger.pth: the weights do not fit this ConvNeXt backbone' in message
     assert ('they are ConvNeXt with depths=[1, 1, 3, 1], dims=[16, 32, 64, 128], the config builds ConvNeXt with '
             'depths=[1, 1, 2, 1], dims=[8, 16, 32, 64]') in message
-    assert 'stage 3 (stages.2) has 3 blocks of 64 channels there, 2 of 32 here' in message
-    assert 'Write arch=dict(depths=[1, 1, 3, 1], dims=[16, 32, 64, 128])' in message
+    assert ("Write arch=dict(depths=[1, 1, 3, 1], dims=[16, 32, 64, 128]) in the config's model.backbone, or give "
+            'weights of the backbone it builds') in message
     assert 'downsample_layers.0.0.weight (16, 3, 4, 4) in the weights vs (8, 3, 4, 4) here' in message
     assert 'not in this backbone: stages.2.2.' in message
 
@@ -175,7 +175,10 @@ def test_checkpoint_of_another_size_names_shapes_and_keys(tmp_path):
 def test_v1_file_into_v2_model_names_the_missing_grn(tmp_path):
     path = tmp_path / 'v1.pth'
     torch.save(official_layout(make_source(use_grn=False)), path)
-    with pytest.raises(CheckpointError, match=r'V1 blocks there, V2 \(GRN\) here\)\. Write use_grn=False.*missing from the weights: stages\.0\.0\.grn\.beta'):
+    with pytest.raises(CheckpointError, match=r'they are ConvNeXt with depths=\[1, 1, 2, 1\], .*, the config builds '
+                                              r'ConvNeXt V2 with depths=\[1, 1, 2, 1\], .*\. Write use_grn=False, '
+                                              r'layer_scale_init_value=1e-06 .*'
+                                              r'missing from the weights: stages\.0\.0\.grn\.beta'):
         build_pretrained(path, use_grn=True)
 
 
@@ -391,7 +394,7 @@ def test_checkpoint_of_convnext_mm_0_1_resumes_through_mmengine(tmp_path):
     old = {'backbone.' + k: v for k, v in own_file_before_0_2(source).items()}
     assert 'backbone.stem.0.weight' in old and 'backbone.stages.1.blocks.0.dwconv.weight' in old
     path = tmp_path / 'epoch_12.pth'
-    torch.save({'meta': {'epoch': np.int64(12)}, 'state_dict': old}, path)
+    torch.save({'meta': {'epoch': 12}, 'state_dict': old}, path)  # plain data, as torch's safe loader reads
     model = torch.nn.Module()
     model.backbone = ConvNeXt(arch=SMALLEST_ARCH)
     load_checkpoint(model, str(path), strict=False)
@@ -401,7 +404,7 @@ def test_checkpoint_of_convnext_mm_0_1_resumes_through_mmengine(tmp_path):
 
 def test_trained_model_of_convnext_mm_0_1_passes_the_tools_check(tmp_path):
     """tools/infer.py and export_onnx.py check a trained checkpoint key by key before loading: old names fit too."""
-    from convnext_mm.trained import load_trained
+    from trained_model import load_trained  # tools/trained_model.py, on sys.path through project
     source = make_source()
     path = tmp_path / 'epoch_36.pth'
     torch.save({'state_dict': {'backbone.' + k: v for k, v in own_file_before_0_2(source).items()}}, path)

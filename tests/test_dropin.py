@@ -12,13 +12,14 @@ from mmengine.config import Config
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 from mmengine.utils import import_modules_from_strings
 
-from convnext_mm import ConvNeXt, runtime
+from convnext_mm import ConvNeXt
 from convnext_mm.backbone import ARCH_SETTINGS
-from convnext_mm.runtime import build_model
 
 from checkpoint_layouts import mmpretrain_layout
 from layer_decay_tables import CONVNEXT_S_LAYER_WISE_IDS, CONVNEXT_T_LAYER_WISE_IDS, stage_wise_ids
 from project import host_file, load_tool
+import config_utils as runtime  # tools/config_utils.py, on sys.path through project
+from config_utils import build_model
 from tiny_models import randomize, tiny_detection_batch, tiny_segmentation_batch
 
 
@@ -86,17 +87,26 @@ def assert_official_scales(model, optim_wrapper, arch, decay_type, rate, num_lay
 
 
 def train_one_step(model, cfg, batch):
-    """One training step, checking that gradients reached the first and the last downsample layer of the backbone
-    (the optimizer wrapper zeroes gradients after its step, so they are caught on their way; a block's own
-    parameters may get none when stochastic depth drops it)."""
+    """One training step through the host's ``train_step``, whose update of the backbone's first and last weights
+    (the stem's and the last downsample layer's convs, on every image's path) is exactly AdamW's first step on their
+    gradient (caught on its way, as the optimizer wrapper zeroes it after its step) with their param group's lr and
+    weight decay: the gradient reached both ends of the backbone and the step applied the constructor's lr."""
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    grads = {}
-    first, last = model.backbone.downsample_layers[0][0].weight, model.backbone.downsample_layers[3][1].weight
-    for name, param in (('first', first), ('last', last)):
-        param.register_hook(lambda grad, name=name: grads.__setitem__(name, grad.norm().item()))
+    assert type(optim_wrapper.optimizer) is torch.optim.AdamW
+    ends = dict(first=model.backbone.downsample_layers[0][0].weight, last=model.backbone.downsample_layers[3][1].weight)
+    grads, before = {}, {name: param.detach().clone() for name, param in ends.items()}
+    for name, param in ends.items():
+        param.register_hook(lambda grad, name=name: grads.__setitem__(name, grad.clone()))
     losses = model.train_step(batch, optim_wrapper)
     assert losses and all(math.isfinite(float(value)) for value in losses.values()), losses
-    assert grads['first'] > 0 and grads['last'] > 0, grads
+    group_of = {id(p): g for g in optim_wrapper.optimizer.param_groups for p in g['params']}
+    for name, param in ends.items():
+        grad, group = grads[name], group_of[id(param)]
+        assert torch.isfinite(grad).all() and grad.abs().max() > 0, name
+        # AdamW's first step: decoupled decay, then lr * m_hat / (sqrt(v_hat) + eps) = lr * g / (|g| + eps).
+        expected = before[name] * (1 - group['lr'] * group['weight_decay']) - group['lr'] * grad / (
+            grad.abs() + group['eps'])
+        torch.testing.assert_close(param.detach(), expected, rtol=0, atol=2e-8, msg=name)
     return optim_wrapper
 
 

@@ -12,12 +12,12 @@ import torch.nn as nn
 from mmengine.optim import build_optim_wrapper
 
 from convnext_mm import ConvNeXtIsotropic, SimpleFeaturePyramid
-from convnext_mm import runtime
 from convnext_mm.checkpoint import CheckpointError
-from convnext_mm.runtime import build_model, load_config
 import paper_figures
 import reference
 from project import config_path
+import config_utils as runtime  # tools/config_utils.py, on sys.path through project
+from config_utils import build_model, load_config
 from tiny_models import tiny_detection_batch, tiny_segmentation_batch
 
 # The paper's "Isotropic ConvNeXt vs. ViT" table (docs/results.md): arch -> (depth, width, params in M, GFLOPs at 224).
@@ -318,8 +318,9 @@ def test_layer_decay_ids_stem_zero_block_n_n_plus_one_rest_on_top():
     for name in ('backbone.norm1.weight', 'backbone.norm2.bias', 'neck.weight'):
         assert ids[id(named[name])] == 4
     assert scales[0] == pytest.approx(0.5 ** 4) and scales[4] == 1.
-    with pytest.raises(ValueError, match='num_layers=2 is too small for a ConvNeXtIsotropic with depth 3: '
-                                         'layer_wise needs num_layers >= 3'):
+    with pytest.raises(ValueError, match=r'ConvNeXtLayerDecayOptimizerConstructor: num_layers=2 is too small for '
+                                         r'an isotropic ConvNeXt of 3 blocks x 16, without layer scale '
+                                         r'\(depth=3, dim=16\): layer_wise needs num_layers >= 3'):
         decay_groups(model, 'ConvNeXtLayerDecayOptimizerConstructor', dict(decay_rate=0.5, num_layers=2))
     with pytest.raises(ValueError, match="decay_type='stage_wise' has no meaning for ConvNeXtIsotropic"):
         decay_groups(model, 'ConvNeXtLayerDecayOptimizerConstructor',
@@ -405,20 +406,27 @@ def test_mmengine_load_checkpoint_of_another_depth_stops(tmp_path):
 
 
 def test_a_neck_written_for_another_width_names_the_isotropic_arch():
-    """The first module after the backbone checks its in_channels (mmseg's MultiLevelNeck of the UperNet configs)."""
+    """The width check (BackboneWidthCheckHook's) on a model whose neck is mmseg's MultiLevelNeck, as in the UperNet
+    configs, written for another width."""
     from mmseg.models.necks import MultiLevelNeck
-    backbone = ConvNeXtIsotropic(arch=dict(depth=2, dim=32), out_indices=(0, 1)).eval()
-    neck = MultiLevelNeck(in_channels=[64, 64], out_channels=16, scales=[1, 1])
-    with pytest.raises(ValueError) as error, torch.no_grad():
-        neck(backbone(torch.randn(1, 3, 64, 64)))
-    message = str(error.value)
-    assert 'MultiLevelNeck expects in_channels=[64, 64]' in message
-    assert 'an isotropic ConvNeXt of 2 blocks x 32, without layer scale, outputs [32, 32]' in message
+
+    from convnext_mm.width_check import check_consumer_widths
+    model = nn.Module()
+    model.backbone = ConvNeXtIsotropic(arch=dict(depth=2, dim=32), out_indices=(0, 1))
+    model.neck = MultiLevelNeck(in_channels=[64, 64], out_channels=16, scales=[1, 1])
+    with pytest.raises(ValueError) as error:
+        check_consumer_widths(model)
+    assert str(error.value) == (
+        'MultiLevelNeck (model.neck) expects in_channels=[64, 64], but the backbone, an isotropic ConvNeXt of 2 '
+        'blocks x 32, without layer scale, outputs [32, 32] channels at out_indices (0, 1). Write '
+        "neck=dict(in_channels=[32, 32]) in the config's model, or pick the arch the neck was written for.")
+    model.neck = MultiLevelNeck(in_channels=[32, 32], out_channels=16, scales=[1, 1])
+    check_consumer_widths(model)
 
 
 def test_the_tools_whole_model_check_applies_the_isotropic_backbones_rule(tmp_path):
-    """trained.check_fits (tools/infer.py, tools/export_onnx.py) runs the backbone's own rule for this model too."""
-    from convnext_mm.trained import CheckpointMismatchError, check_fits
+    """tools/trained_model.check_fits (of tools/infer.py and export_onnx.py) runs the backbone's own rule here too."""
+    from trained_model import CheckpointMismatchError, check_fits
 
     class Detector(torch.nn.Module):
         def __init__(self, depth):
