@@ -1,7 +1,8 @@
-"""Demo mode's two hooks, and which demo config ``--demo`` runs for a paper config.
+"""Demo mode's two hooks.
 
 The demo is a set of config files under ``configs/demo/`` (``cascade_convnext_t_demo.py``,
-``upernet_convnext_t_demo.py``, ``mask_rcnn_convnext_iso_s_demo.py``): each inherits a paper config and states what the demo changes (data,
+``upernet_convnext_t_demo.py``, ``mask_rcnn_convnext_iso_s_demo.py``), run as any config (``python tools/train.py
+configs/demo/cascade_convnext_t_demo.py``): each inherits a paper config and states what the demo changes (data,
 classes, pipelines, schedule, initialization; docs/demo.md). They list the hooks here, so mmdet's and mmseg's own
 ``tools/train.py`` and ``tools/test.py`` run them as they are, on a fresh checkout:
 
@@ -16,30 +17,6 @@ import sys
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 from mmengine.utils import ProgressBar
-
-
-CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
-# paper config -> its demo config, under configs/
-DEMO_CONFIGS = {
-    'cascade/convnext_t_3x.py': 'demo/cascade_convnext_t_demo.py',
-    'upernet/convnext_t_512_160k_ade20k.py': 'demo/upernet_convnext_t_demo.py',
-    'mask_rcnn/convnext_iso_s_lsj_100e.py': 'demo/mask_rcnn_convnext_iso_s_demo.py',
-}
-
-
-def demo_config_file(config):
-    """The demo config file for ``config``: its demo config if it is one of the paper configs that have one, or
-    ``config`` itself if it is a demo config already (under configs/demo/). Raises ValueError otherwise."""
-    path = osp.realpath(config)
-    if osp.dirname(path) == osp.realpath(osp.join(CONFIGS_DIR, 'demo')):
-        return config
-    for paper, demo in DEMO_CONFIGS.items():
-        if path == osp.realpath(osp.join(CONFIGS_DIR, paper)):
-            return osp.join(CONFIGS_DIR, demo)
-    choices = '; '.join(f'configs/{demo} (of configs/{paper})' for paper, demo in DEMO_CONFIGS.items())
-    raise ValueError(f'--demo: {config} has no demo config. The demo configs: {choices}. For another model, '
-                     'write a config that inherits yours and takes the data, classes and schedule of one of them, '
-                     'and run it without --demo.')
 
 
 @HOOKS.register_module()

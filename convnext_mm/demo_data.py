@@ -263,8 +263,8 @@ def ensure_demo_set(kind, folder, force=False, splits=SPLITS, ours=False):
     The set is written into a temporary folder beside it and renamed into place when complete, so an
     interrupted run never leaves a set that looks finished. A demo set of another version is replaced, and so is
     anything in a folder that is ``ours`` (under the demo's root). Elsewhere a folder that holds anything but a
-    demo set is refused, not replaced: ``--demo --cfg-options data_root=PATH`` puts the demo's data at PATH, which
-    may be a real dataset by mistake.
+    demo set is refused, not replaced: a demo config run with ``--cfg-options data_root=PATH`` puts the demo's
+    data at PATH, which may be a real dataset by mistake.
     """
     stamp = dict(format_version=FORMAT_VERSION, seed=SEED, splits=splits[kind])
     marker = osp.join(folder, MARKER)
