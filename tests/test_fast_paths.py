@@ -121,7 +121,9 @@ def training_library(request, products):
 def test_training_step_matches_the_paper_formulation(training_library, kwargs):
     library, products = training_library
     ours, paper = paper_pair(**kwargs)
-    x = torch.randn(2, 3, 70, 97)
+    # A fixed input: two float32 summation orders differ by rounding only, and over every input some entry that
+    # cancels to near zero lands just past the bound (1 in 120 seeds); the float64 test below judges both.
+    x = torch.randn(2, 3, 70, 97, generator=torch.Generator().manual_seed(0))
     assert_all_close(step(ours, x, train=True), step(paper, x, train=True))
     # per block: both Linears forward, each one's input and weight gradient
     assert products == ([('none', torch.float32)] * 6 * BLOCKS if library == 'onednn' else [])
