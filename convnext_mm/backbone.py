@@ -5,6 +5,8 @@ Data path: image -> stem (``downsample_layers.0``: 4x4 stride-4 conv, LayerNorm)
 LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
 The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
 """
+import math
+
 import torch
 import torch.nn as nn
 from mmengine.registry import MODELS
@@ -13,7 +15,7 @@ from . import checkpoint
 from .blocks import (DECAY_TYPES, NORM_EPS, ConvNeXtBase, ConvNeXtBlock, LayerNorm2d, check_frozen, drop_path_rates,
                      is_positive_int, resolve_arch, resolve_out_indices, run_block)
 
-# Depths and widths from the ConvNeXt (V1) and ConvNeXt V2 papers.
+# Depths and widths from the ConvNeXt (V1) and ConvNeXt V2 papers, and open_clip's convnext_xxlarge (CLIP).
 ARCH_SETTINGS = {
     'atto': dict(depths=[2, 2, 6, 2], dims=[40, 80, 160, 320]),
     'femto': dict(depths=[2, 2, 6, 2], dims=[48, 96, 192, 384]),
@@ -25,7 +27,11 @@ ARCH_SETTINGS = {
     'large': dict(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536]),
     'xlarge': dict(depths=[3, 3, 27, 3], dims=[256, 512, 1024, 2048]),
     'huge': dict(depths=[3, 3, 27, 3], dims=[352, 704, 1408, 2816]),
+    'xxlarge': dict(depths=[3, 4, 30, 3], dims=[384, 768, 1536, 3072]),
 }
+# The LayerNorm epsilon of the presets whose released weights were trained with another than the paper's 1e-6
+# (timm's and open_clip's convnext_xxlarge: 1e-5). ``norm_eps=None`` takes this, else 1e-6.
+ARCH_NORM_EPS = {'xxlarge': 1e-5}
 NUM_STAGES = 4
 TOTAL_STRIDE = 32
 
@@ -44,14 +50,28 @@ class ConvNeXtStage(nn.Sequential):
         return x
 
 
-def stem_layer(in_channels, dim):
+def stem_layer(in_channels, dim, norm_eps=NORM_EPS):
     """``downsample_layers.0``: a 4x4 stride-4 conv ("patchify"), then a LayerNorm."""
-    return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=4, stride=4), LayerNorm2d(dim, eps=NORM_EPS))
+    return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=4, stride=4), LayerNorm2d(dim, eps=norm_eps))
 
 
-def downsample_layer(in_dim, dim):
+def downsample_layer(in_dim, dim, norm_eps=NORM_EPS):
     """``downsample_layers.1..3``: a LayerNorm, then a 2x2 stride-2 conv."""
-    return nn.Sequential(LayerNorm2d(in_dim, eps=NORM_EPS), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
+    return nn.Sequential(LayerNorm2d(in_dim, eps=norm_eps), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
+
+
+def resolve_norm_eps(norm_eps, arch):
+    """``norm_eps`` (None: the preset's, :data:`ARCH_NORM_EPS`, else the paper's 1e-6) -> a positive float, for the
+    ``arch`` dict given (a dict equal to a preset counts as that preset)."""
+    if norm_eps is None:
+        preset = next((name for name, setting in ARCH_SETTINGS.items() if setting == arch), None)
+        return ARCH_NORM_EPS.get(preset, NORM_EPS)
+    if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not (
+            math.isfinite(norm_eps) and norm_eps > 0):
+        raise ValueError(f'ConvNeXt: norm_eps={norm_eps!r} must be a positive number, the LayerNorm epsilon the '
+                         'weights were trained with: norm_eps=1e-6 (the paper\'s, DINOv3\'s, most files\'), 1e-5 (CLIP\'s '
+                         'convnext_xxlarge), or None for the preset\'s')
+    return float(norm_eps)
 
 
 # mmpretrain's ConvNeXt arguments (a config written for ``type='mmpretrain.ConvNeXt'`` passes them): the values
@@ -72,7 +92,7 @@ def check_mmpretrain_args(values):
         if name not in MMPRETRAIN_PAPER_VALUES:
             raise TypeError(f'ConvNeXt got an unknown argument {name!r}; its arguments are arch, in_channels, '
                             'out_indices, drop_path_rate, layer_scale_init_value, frozen_stages, with_cp, use_grn, '
-                            'compile, init_cfg, pretrained, and mmpretrain\'s '
+                            'norm_eps, compile, init_cfg, pretrained, and mmpretrain\'s '
                             f'{", ".join(MMPRETRAIN_PAPER_VALUES)}')
         allowed = MMPRETRAIN_PAPER_VALUES[name]
         if value == allowed or (isinstance(allowed, tuple) and value in allowed):
@@ -96,7 +116,7 @@ class ConvNeXt(ConvNeXtBase):
     parameter the official layer id.
 
     Args:
-        arch: a preset (atto, femto, pico, nano, tiny, small, base, large, xlarge, huge) or
+        arch: a preset (atto, femto, pico, nano, tiny, small, base, large, xlarge, huge, xxlarge) or
             ``dict(depths=[...], dims=[...])``.
         in_channels: channels of the input image.
         out_indices: stages whose outputs are returned (strides 4, 8, 16, 32 for 0..3).
@@ -106,6 +126,9 @@ class ConvNeXt(ConvNeXtBase):
             no gradient, eval mode after ``train()``. 0 (or -1, mmdet's convention) freezes nothing.
         with_cp: non-reentrant gradient checkpointing of each block, to save memory in training.
         use_grn: ConvNeXt V2 blocks (global response normalization after GELU, no layer scale).
+        norm_eps: the epsilon of every LayerNorm, as the weights were trained: None (default) gives the preset's,
+            1e-5 for 'xxlarge' (CLIP's convnext_xxlarge), else the paper's 1e-6. A transformers file with its
+            config.json beside it is checked against it on loading.
         compile: ``torch.compile`` the backbone's forward, as one graph with static shapes: each new input size
             compiles anew, for minutes on a CPU. A dict gives torch.compile's arguments (e.g.
             ``dict(mode='max-autotune')``). Not faster on a CPU: docs/benchmarks.md. mmengine's ``compile`` config
@@ -134,6 +157,7 @@ class ConvNeXt(ConvNeXtBase):
                  frozen_stages=0,
                  with_cp=False,
                  use_grn=False,
+                 norm_eps=None,
                  compile=False,
                  init_cfg=None,
                  pretrained=None,
@@ -146,20 +170,22 @@ class ConvNeXt(ConvNeXtBase):
             raise ValueError(f'ConvNeXt: arch depths and dims need {NUM_STAGES} positive integers each, '
                              f'got depths={depths}, dims={dims}')
         self.depths, self.dims, self.use_grn = depths, dims, use_grn
+        self.norm_eps = norm_eps = resolve_norm_eps(norm_eps, dict(depths=depths, dims=dims))
         self.frozen_stages = check_frozen('ConvNeXt', 'frozen_stages', frozen_stages, NUM_STAGES,
                                           'k freezes stages 0..k-1')
         rates = drop_path_rates('ConvNeXt', drop_path_rate, sum(depths))
 
-        self.downsample_layers = nn.ModuleList([stem_layer(in_channels, dims[0])] + [
-            downsample_layer(dims[i - 1], dims[i]) for i in range(1, NUM_STAGES)])
+        self.downsample_layers = nn.ModuleList([stem_layer(in_channels, dims[0], norm_eps)] + [
+            downsample_layer(dims[i - 1], dims[i], norm_eps) for i in range(1, NUM_STAGES)])
         self.stages = nn.ModuleList()
         for i in range(NUM_STAGES):
             first = sum(depths[:i])
             self.stages.append(ConvNeXtStage([
-                ConvNeXtBlock(dims[i], rates[first + j], layer_scale_init_value, use_grn) for j in range(depths[i])
+                ConvNeXtBlock(dims[i], rates[first + j], layer_scale_init_value, use_grn, norm_eps)
+                for j in range(depths[i])
             ], with_cp=with_cp))
         out_indices = resolve_out_indices('ConvNeXt', out_indices, NUM_STAGES, 'stage', 'strides 4, 8, 16, 32')
-        self.finish(out_indices, lambda i: dims[i], compile)
+        self.finish(out_indices, lambda i: dims[i], compile, norm_eps)
 
     def forward(self, x):
         self.check_input(x)

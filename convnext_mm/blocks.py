@@ -60,10 +60,10 @@ class ConvNeXtBlock(nn.Module):
     On the CPU the part after the depthwise conv may run in oneDNN (same arithmetic, one rule:
     :func:`convnext_mm.cpu_fast_path.block_path`)."""
 
-    def __init__(self, dim, drop_path=0., layer_scale_init_value=1e-6, use_grn=False):
+    def __init__(self, dim, drop_path=0., layer_scale_init_value=1e-6, use_grn=False, norm_eps=NORM_EPS):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=NORM_EPS)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
         self.grn = GRN(4 * dim) if use_grn else None
@@ -194,16 +194,17 @@ class ConvNeXtBase(StrictLoading, BaseModule):
                              'RGB)')
         self.in_channels = in_channels
 
-    def finish(self, out_indices, width_of, compile):
-        """One output norm ``norm{i}`` per index in ``out_indices`` (``width_of(i)`` channels), the frozen part
-        frozen, and ``compile``: False, or True or a dict of ``torch.compile`` arguments to compile the forward
-        (``nn.Module.compile``: module tree and parameter names stay, so checkpoints and layer decay do too)."""
+    def finish(self, out_indices, width_of, compile, norm_eps=NORM_EPS):
+        """One output norm ``norm{i}`` per index in ``out_indices`` (``width_of(i)`` channels, LayerNorm epsilon
+        ``norm_eps``), the frozen part frozen, and ``compile``: False, or True or a dict of ``torch.compile``
+        arguments to compile the forward (``nn.Module.compile``: module tree and parameter names stay, so checkpoints
+        and layer decay do too)."""
         if not isinstance(compile, (bool, dict)):
             raise ValueError(f'{type(self).__name__}: compile={compile!r} must be True, False or a dict of '
                              "torch.compile arguments, e.g. dict(mode='max-autotune')")
         self.out_indices = out_indices
         for i in out_indices:
-            self.add_module(f'norm{i}', LayerNorm2d(width_of(i), eps=NORM_EPS))
+            self.add_module(f'norm{i}', LayerNorm2d(width_of(i), eps=norm_eps))
         self.train()
         if compile:
             # One graph with static shapes (torch 2.13's inductor fails on dynamic channels_last shapes): each new

@@ -22,11 +22,18 @@ Layouts, detected from the keys themselves:
 - ConvNeXt V2 FCMAE pre-training files (``encoder.*`` in sparse-convolution layout);
 - timm: ``stem.*``, ``stages.S.downsample.*``, ``stages.S.blocks.B.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}``;
 - mmpretrain: ``{'state_dict': ...}`` with ``backbone.``-prefixed keys, ``depthwise_conv``, ``pointwise_conv1/2``;
-- transformers' ConvNextModel / ConvNextV2Model, their Backbone and classification classes;
+- transformers' ConvNextModel / ConvNextV2Model, their Backbone and classification classes, and DINOv3ConvNextModel
+  / DINOv3ConvNextBackbone (``[model.]stages.S.downsample_layers.J``, ``[model.]stages.S.layers.B.{depthwise_conv,
+  layer_norm,pointwise_conv1,pointwise_conv2,gamma}``, the final ``layer_norm``, left out as a classifier's);
+- the original DINOv3 ConvNeXt release: the official names, its final norm also as ``norms.3`` (left out as the
+  classifier's, as timm does); timm's ``convnext_*.dinov3_lvd1689m`` files are timm's layout;
+- open_clip's CLIP ConvNeXt image towers: timm's names under ``visual.trunk.`` (found without ``prefix``; the
+  projection head and the text tower are left out), as timm's ``convnext_*.clip_*`` files;
 - files saved by convnext_mm (a bare backbone state dict, or a whole detector/segmentor checkpoint), including
   those of versions before 0.2, whose names were timm's (``stem``, ``stages.S.downsample``, ``stages.S.blocks.B``).
 """
 import argparse
+import json
 import logging
 import math
 import os
@@ -68,6 +75,12 @@ KEY_RENAMES = [
     (r'^hidden_states_norms\.stage(\d)\.', lambda m: f'norm{int(m.group(1)) - 1}.'),
     (r'^layernorm\.', 'norm.'),  # the classifier's final norm
     (r'^(stages\.\d+\.\d+)\.layernorm\.', r'\1.norm.'),
+    # transformers' DINOv3ConvNextModel / DINOv3ConvNextBackbone: stage S holds its downsample layer; the module's
+    # state dict has its encoder under model., the files save_pretrained writes do not.
+    (r'^(?:model\.)?stages\.(\d+)\.downsample_layers\.', r'downsample_layers.\1.'),
+    (r'^(?:model\.)?stages\.(\d+)\.layers\.', r'stages.\1.'),
+    (r'^(stages\.\d+\.\d+)\.layer_norm\.', r'\1.norm.'),
+    (r'^layer_norm\.', 'norm.'),  # DINOv3's final norm (of the pooled and patch tokens in pre-training)
     (r'\.layer_scale_parameter$', '.gamma'),
     (r'\.grn\.weight$', '.grn.gamma'),  # transformers' and timm's ConvNeXt V2
     (r'\.grn\.bias$', '.grn.beta'),
@@ -79,10 +92,18 @@ KEY_RENAMES = [
 ]
 # What wraps a whole model's keys: DDP's module., transformers' classification models' convnext. / convnextv2.
 WRAPPER_PREFIX = re.compile(r'^(module|convnext|convnextv2)\.')
-# The image classifier of a classification checkpoint: official final norm and head, timm's head, transformers'.
-CLASSIFIER_KEY = re.compile(r'^(norm|head|norm_pre|classifier)\.')
+# The image classifier of a classification checkpoint: official final norm and head, timm's head, transformers';
+# the original DINOv3 files' final norm again as norms.3 and EUPE's distillation projectors (timm drops them too).
+CLASSIFIER_KEY = re.compile(r'^(norm|head|norm_pre|classifier|norms\.\d+|projectors)\.')
 OUTPUT_NORM_KEY = re.compile(r'^norm\d+\.')  # one per output: norm0..3, or a block's index (isotropic)
 BACKBONE_KEY = re.compile(r'^(downsample_layers|stages|norm\d+)\.')
+# open_clip's CLIP models: the ConvNeXt image tower (timm's names) under this prefix, beside its projection head
+# (visual.head.*) and the text tower.
+OPEN_CLIP_TRUNK = 'visual.trunk.'
+# transformers' ConvNeXt model types whose config.json's layer_norm_eps is the epsilon of every LayerNorm of the
+# backbone. (ConvNextModel and ConvNextV2Model use it only in the classifier's final norm, 1e-12 by default; their
+# backbone's norms are fixed at 1e-6.)
+TRANSFORMERS_MODEL_TYPES = ('dinov3_convnext', )
 # ConvNeXt V2's FCMAE pre-training files: the encoder in MinkowskiEngine's sparse layout.
 FCMAE_KEY = re.compile(r'^encoder\..*\.(kernel|ln\.weight|linear\.weight)$')
 MAX_KEYS_SHOWN = 6
@@ -321,7 +342,8 @@ def select_backbone(checkpoint, prefix=None):
 
     ``prefix``: take only the tensors under it, as mmengine's ``Pretrained(prefix=...)``; without it, a whole
     model's checkpoint (keys under ``backbone.``) gives its backbone, a ConvNeXt V2 FCMAE file its encoder (made
-    dense), a transformers classification file its ``convnext.`` model. Returns ``(state_dict, ignored)``: the
+    dense), a transformers classification file its ``convnext.`` model, an open_clip CLIP file its image tower
+    (``visual.trunk.``). Returns ``(state_dict, ignored)``: the
     backbone's tensors, and the keys that belong to no backbone (a detector's neck and heads), as named in the file.
     """
     state_dict = unwrap_state_dict(checkpoint)
@@ -332,6 +354,9 @@ def select_backbone(checkpoint, prefix=None):
     ignored = []
     if prefix:
         state_dict = select_prefix(state_dict, prefix)
+    elif any(k.startswith(OPEN_CLIP_TRUNK) for k in state_dict):
+        ignored = [k for k in state_dict if not k.startswith(OPEN_CLIP_TRUNK)]
+        state_dict = select_prefix(state_dict, OPEN_CLIP_TRUNK)
     elif any(FCMAE_KEY.match(k) for k in state_dict):
         state_dict, ignored = fcmae_to_dense(state_dict)
     else:
@@ -350,6 +375,7 @@ def load_pretrained(model, path_or_url, prefix=None, logger=None):
     name = str(path_or_url)
     try:
         given, ignored = select_backbone(read_checkpoint(path_or_url), prefix=prefix)
+        check_norm_eps(model, recorded_norm_eps(name))
         model.load_state_dict(given, strict=False)
     except CheckpointError as error:
         if name in str(error):
@@ -358,6 +384,38 @@ def load_pretrained(model, path_or_url, prefix=None, logger=None):
     if logger is not None:
         logger.info(f'{type(model).__name__}: loaded the backbone of {name}'
                     + (f'; left out {len(ignored)} tensors of no backbone: {_listing(ignored)}' if ignored else ''))
+
+
+def recorded_norm_eps(source):
+    """The LayerNorm epsilon that transformers' ``save_pretrained`` recorded beside the weights file ``source`` (a
+    local path or ``hf-hub:`` name): ``layer_norm_eps`` of the ``config.json`` in its folder, where that is the
+    config of a transformers model whose backbone norms use it (:data:`TRANSFORMERS_MODEL_TYPES`); else None."""
+    path = hf_hub_file(source) if source.startswith(HF_HUB_PREFIX) else source
+    config = os.path.join(os.path.dirname(os.path.abspath(path)), 'config.json')
+    if not os.path.isfile(path) or not os.path.isfile(config):
+        return None
+    try:
+        with open(config) as f:
+            settings = json.load(f)
+    except (OSError, ValueError):  # not a transformers config: nothing recorded
+        return None
+    if not isinstance(settings, dict) or settings.get('model_type') not in TRANSFORMERS_MODEL_TYPES:
+        return None
+    eps = settings.get('layer_norm_eps')
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        return None
+    return float(eps)
+
+
+def check_norm_eps(model, recorded):
+    """A CheckpointError saying what to write where the weights record (``recorded``) another LayerNorm epsilon
+    than ``model`` (a backbone with ``norm_eps``) uses: the same tensors would give other outputs."""
+    own = getattr(model, 'norm_eps', None)
+    if recorded is None or own is None or math.isclose(recorded, own, rel_tol=1e-6):
+        return
+    raise CheckpointError(f'the weights were trained with LayerNorm eps {recorded!r} (layer_norm_eps of the '
+                          f'config.json beside them), the config builds norm_eps={own!r}. Write norm_eps={recorded!r} '
+                          "in the config's model.backbone")
 
 
 # ---------------------------------------------------------------- 4. names and architecture
