@@ -4,7 +4,7 @@ release) and CLIP's (open_clip's image tower under ``visual.trunk.``, timm's ``c
 ``xxlarge`` preset with its LayerNorm eps 1e-5): every tensor loaded through each loader, the outputs those of the
 library that wrote the file, a LayerNorm eps that differs stopping with what to write."""
 import json
-import re
+import os.path as osp
 
 import pytest
 import torch
@@ -229,3 +229,25 @@ def test_bad_norm_eps_says_what_to_write(norm_eps):
     with pytest.raises(ValueError, match=r'norm_eps=.* must be a positive number, the LayerNorm epsilon the weights '
                                          r"were trained with: norm_eps=1e-6 \(the paper's"):
         ConvNeXt(arch=SMALLEST_ARCH, norm_eps=norm_eps)
+
+
+# The fractions the libraries state (timm's IMAGENET_DEFAULT_* and OPENAI_CLIP_*, transformers' DINOv3 processor).
+IMAGENET_FRACTIONS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CLIP_FRACTIONS = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+@pytest.mark.parametrize('family, fractions', [('imagenet', IMAGENET_FRACTIONS), ('dinov3', IMAGENET_FRACTIONS),
+                                               ('clip', CLIP_FRACTIONS)])
+def test_each_familys_mean_and_std_reach_the_data_preprocessor_of_a_config(tmp_path, family, fractions):
+    """A config that adds configs/_base_/weight_families.py to its bases gets the family's normalization into
+    mmdet's data preprocessor, the rest of it (type, padding) as the paper's config has it."""
+    config = tmp_path / 'config.py'
+    config.write_text(f"_base_ = [{osp.join(ROOT, 'configs', 'mask_rcnn', 'convnext_t_3x.py')!r}, "
+                      f"{osp.join(ROOT, 'configs', '_base_', 'weight_families.py')!r}]\n"
+                      f"model = dict(data_preprocessor={{{{_base_.{family}_preprocessing}}}})\n")
+    preprocessor = Config.fromfile(str(config)).model.data_preprocessor
+    mean, std = fractions
+    assert preprocessor.mean == pytest.approx([255 * m for m in mean], rel=1e-9)
+    assert preprocessor.std == pytest.approx([255 * s for s in std], rel=1e-9)
+    assert preprocessor.bgr_to_rgb is True
+    assert (preprocessor.type, preprocessor.pad_size_divisor) == ('DetDataPreprocessor', 32)
