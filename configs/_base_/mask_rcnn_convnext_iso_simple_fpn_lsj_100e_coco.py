@@ -19,20 +19,7 @@ _base_ = [
     'mmdet::_base_/models/mask-rcnn_r50_fpn.py',
     'mmdet::_base_/datasets/coco_instance.py',
     'mmdet::_base_/default_runtime.py',
-]
-custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
-# What a run of this recipe declares beyond the host's defaults (each scoped to the run):
-# RandomStateHook: checkpoints carry the random generators, so --resume continues the same draws.
-# SafeCheckpointHook: checkpoints of plain data, which --resume reads with torch's safe loader (torch >= 2.6).
-# AutocastNetworkHook: with val_cfg/test_cfg.fp16=True, the layers in bf16/fp16 and the post-processing in fp32.
-# BackboneWidthCheckHook: a neck or head written for another ConvNeXt width stops at the start with what to write.
-# CPUTrainingMemoryHook: on a CPU, glibc keeps freed blocks for reuse while training (no effect on a GPU).
-custom_hooks = [
-    dict(type='RandomStateHook'),
-    dict(type='SafeCheckpointHook'),
-    dict(type='AutocastNetworkHook'),
-    dict(type='BackboneWidthCheckHook'),
-    dict(type='CPUTrainingMemoryHook'),
+    './convnext_runtime.py',
 ]
 
 image_size = (1024, 1024)
@@ -100,7 +87,7 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=250),
     dict(type='MultiStepLR', begin=0, end=max_iters, by_epoch=False, milestones=[163889, 177546], gamma=0.1),
 ]
-# Checkpoints written to a temporary file and renamed: a run killed mid-save leaves no truncated file.
+# Checkpoints written atomically (convnext_runtime.py).
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, save_last=True, interval=interval, max_keep_ckpts=5,

@@ -11,23 +11,10 @@ validation/); elsewhere: --cfg-options data_root=PATH.
 _base_ = [
     'mmseg::_base_/models/upernet_r50.py',
     'mmseg::_base_/default_runtime.py',
+    './convnext_runtime.py',
     'mmseg::_base_/schedules/schedule_160k.py',
 ]
-custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
-# What a run of this recipe declares beyond the host's defaults (each scoped to the run):
-# RandomStateHook: checkpoints carry the random generators, so --resume continues the same draws.
-# SafeCheckpointHook: checkpoints of plain data, which --resume reads with torch's safe loader (torch >= 2.6).
-# AutocastNetworkHook: with val_cfg/test_cfg.fp16=True, the layers in bf16/fp16 and the post-processing in fp32.
-# BackboneWidthCheckHook: a neck or head written for another ConvNeXt width stops at the start with what to write.
-# CPUTrainingMemoryHook: on a CPU, glibc keeps freed blocks for reuse while training (no effect on a GPU).
-custom_hooks = [
-    dict(type='RandomStateHook'),
-    dict(type='SafeCheckpointHook'),
-    dict(type='AutocastNetworkHook'),
-    dict(type='BackboneWidthCheckHook'),
-    dict(type='CPUTrainingMemoryHook'),
-]
-# Checkpoints written to a temporary file and renamed: a run killed mid-save leaves no truncated file.
+# Checkpoints written atomically (convnext_runtime.py).
 default_hooks = dict(checkpoint=dict(backend_args=dict(backend='atomic_local')))
 
 num_classes = 150
