@@ -296,6 +296,21 @@ def test_export_refuses_a_checkpoint_of_another_model(det, seg, tmp_path):
     assert not (tmp_path / 'x.onnx').exists()
 
 
+def test_export_refuses_a_config_whose_neck_does_not_read_the_backbones_widths(det, tmp_path):
+    """A config whose FPN was written for another ConvNeXt width stops before any export, with the line to write
+    (the check the configs' BackboneWidthCheckHook makes before a run)."""
+    config = tmp_path / 'wider_neck.py'
+    config.write_text(f"_base_ = {det[0]!r}\nmodel = dict(neck=dict(in_channels=[96, 192, 384, 768]))\n")
+    with pytest.raises(SystemExit) as exit_info:
+        load_tool('export_onnx').main([str(config), det[1], '--out', str(tmp_path / 'x.onnx')])
+    message = str(exit_info.value.code)
+    assert message.startswith(f'error: the model of {config} cannot run: FPN (model.neck) expects '
+                              'in_channels=[96, 192, 384, 768], but the backbone, ConvNeXt-atto, outputs '
+                              '[40, 80, 160, 320] channels'), message
+    assert 'Write neck=dict(in_channels=[40, 80, 160, 320])' in message
+    assert not (tmp_path / 'x.onnx').exists()
+
+
 def write_scalars(run_dir, records):
     os.makedirs(run_dir / 'vis_data')
     with open(run_dir / 'vis_data' / 'scalars.json', 'w') as stream:

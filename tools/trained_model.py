@@ -15,6 +15,7 @@ import torch
 from convnext_mm.checkpoint import CheckpointError, StrictLoading, read_checkpoint
 from convnext_mm.demo_data import CLASSES as DEMO_CLASSES
 from convnext_mm.demo_data import SEG_CLASSES as DEMO_SEG_CLASSES
+from convnext_mm.width_check import check_consumer_widths
 
 DEMO_CONFIGS_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', 'demo')
 MAX_KEYS_SHOWN = 2
@@ -47,7 +48,12 @@ def model_state(checkpoint, path):
 
 def check_fits(model, checkpoint, checkpoint_path, config_path):
     """Raise :class:`CheckpointMismatchError` unless the checkpoint has every tensor of ``model``, with its
-    shape, and nothing else."""
+    shape, and nothing else; first, that the model's neck or heads read the backbone's widths (as the configs'
+    BackboneWidthCheckHook checks a run), since no checkpoint fits a model that does not."""
+    try:
+        check_consumer_widths(model)
+    except ValueError as error:
+        raise CheckpointMismatchError(f'the model of {config_path} cannot run: {error}') from error
     state = model_state(checkpoint, checkpoint_path)
     backbone = getattr(model, 'backbone', None)
     if isinstance(backbone, StrictLoading):
