@@ -157,3 +157,50 @@ def test_small_config_trains_a_step_and_predicts_on_the_cpu(name):
         for prediction in predictions:
             labels = prediction.pred_sem_seg.data
             assert labels.shape == (1, 64, 64) and 0 <= labels.min() and labels.max() < 150
+
+
+# ConvNeXt V2 recipes: configs/convnext_v2/, each stating its source; no result of this repository's own.
+V2_MASK_RCNN = 'convnext_v2/mask_rcnn_convnext_v2_b_fcmae_lsj_3x.py'
+
+
+def test_v2_mask_rcnn_config_states_mmdets_project_recipe_and_source():
+    cfg = load(V2_MASK_RCNN)
+    with open(config_path(V2_MASK_RCNN)) as f:
+        text = f.read()
+    assert 'projects/ConvNeXt-V2' in text and '52.9 box AP, 46.4 mask AP' in text
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.use_grn, backbone.layer_scale_init_value,
+            backbone.drop_path_rate) == ('ConvNeXt', 'base', True, 0., 0.4)
+    assert backbone.init_cfg.checkpoint.endswith('convnext-v2-base_3rdparty-fcmae_in1k_20230104-8a798eaf.pth')
+    assert cfg.model.neck.in_channels == [128, 256, 512, 1024]
+    assert cfg.model.test_cfg.rcnn.nms.type == 'soft_nms'
+    assert cfg.train_dataloader.batch_size * 8 == cfg.auto_scale_lr.base_batch_size == 32
+    resize, crop = cfg.train_dataloader.dataset.pipeline[2:4]
+    assert (resize.type, resize.scale, resize.ratio_range) == ('RandomResize', (1024, 1024), (0.1, 2.0))
+    assert (crop.type, crop.crop_size) == ('RandomCrop', (1024, 1024))
+    assert cfg.train_cfg.max_epochs == 36
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.end, steps.milestones) == (1000, [27, 33])
+    optim = cfg.optim_wrapper
+    assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    assert optim.paramwise_cfg == dict(decay_rate=0.95, decay_type='layer_wise', num_layers=12)
+
+
+@pytest.mark.slow  # a V2-B Mask R-CNN's training step
+def test_v2_mask_rcnn_config_trains_a_step_on_the_cpu_without_weight_decay_on_grn():
+    torch.manual_seed(0)
+    cfg = load(V2_MASK_RCNN)
+    cfg.merge_from_dict({'optim_wrapper.type': 'OptimWrapper'})  # what a machine without a GPU needs
+    cfg.model.train_cfg.rpn_proposal.max_per_img = 8
+    model = build_model(cfg).train()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    grn = {id(param) for name, param in model.backbone.named_parameters() if '.grn.' in name}
+    assert len(grn) == 2 * sum(model.backbone.depths)
+    decays = {id(param): group['weight_decay'] for group in optim_wrapper.optimizer.param_groups
+              for param in group['params']}
+    assert {decays[key] for key in grn} == {0.0}  # GRN's gamma and beta, as the ConvNeXt V2 authors train
+    assert decays[id(model.backbone.stages[2][0].pwconv1.weight)] == 0.05
+    gradients = record_gradients_on_every_path(model.backbone)
+    losses = model.train_step(tiny_detection_batch(), optim_wrapper)
+    assert losses and all(math.isfinite(float(value)) for value in losses.values()), losses
+    assert_every_path_got_a_gradient(gradients)
