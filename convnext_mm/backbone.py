@@ -69,8 +69,8 @@ def resolve_norm_eps(norm_eps, arch):
     if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or not (
             math.isfinite(norm_eps) and norm_eps > 0):
         raise ValueError(f'ConvNeXt: norm_eps={norm_eps!r} must be a positive number, the LayerNorm epsilon the '
-                         'weights were trained with: norm_eps=1e-6 (the paper\'s, DINOv3\'s, most files\'), 1e-5 (CLIP\'s '
-                         'convnext_xxlarge), or None for the preset\'s')
+                         "weights were trained with: norm_eps=1e-6 (the paper's, DINOv3's, most files'), 1e-5 "
+                         "(CLIP's convnext_xxlarge), or None for the preset's")
     return float(norm_eps)
 
 

@@ -184,6 +184,11 @@ def test_v2_mask_rcnn_config_states_mmdets_project_recipe_and_source():
     optim = cfg.optim_wrapper
     assert optim.optimizer == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
     assert optim.paramwise_cfg == dict(decay_rate=0.95, decay_type='layer_wise', num_layers=12)
+    # What every recipe here declares (configs/_base_/convnext_runtime.py).
+    assert cfg.custom_imports == dict(imports=['convnext_mm'], allow_failed_imports=False)
+    assert {hook.type for hook in cfg.custom_hooks} >= {
+        'RandomStateHook', 'SafeCheckpointHook', 'BackboneWidthCheckHook'}
+    assert cfg.default_hooks.checkpoint.backend_args == dict(backend='atomic_local')
 
 
 @pytest.mark.slow  # a V2-B Mask R-CNN's training step

@@ -16,8 +16,8 @@ _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
     'mmdet::_base_/schedules/schedule_1x.py',
     'mmdet::_base_/default_runtime.py',
+    '../_base_/convnext_runtime.py',
 ]
-custom_imports = dict(imports=['convnext_mm'], allow_failed_imports=False)
 image_size = (1024, 1024)
 
 model = dict(
@@ -61,4 +61,5 @@ optim_wrapper = dict(
     paramwise_cfg=dict(decay_rate=0.95, decay_type='layer_wise', num_layers=12),
     optimizer=dict(_delete_=True, type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05))
 
-default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))
+# Checkpoints written atomically (convnext_runtime.py); the source's keeps the last one only.
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=1, backend_args=dict(backend='atomic_local')))
