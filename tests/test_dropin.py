@@ -239,6 +239,7 @@ def test_other_families_train_and_predict_with_convnext(family):
     out_indices = adapt(cfg)
     cfg.model.backbone = dict(type='ConvNeXt', arch='tiny', out_indices=out_indices, drop_path_rate=0.1)
     # The config's own data preprocessor normalizes; caffe-style configs (FCOS) only change mean/std.
+    torch.manual_seed(0)  # fixed images: DINO at random init meets a NaN matching cost on 1 random batch in 16
     if library == 'mmseg':
         cfg.model.data_preprocessor.size = (64, 64)
         batch = tiny_segmentation_batch()
