@@ -173,9 +173,10 @@ def assert_every_path_got_a_gradient(norms):
 
 
 
-def tiny_detection_batch(num_images=1):
-    """A batch of 64x64 random images with two boxes and masks (the second image: one), as a detector's
-    data preprocessor takes it."""
+def tiny_detection_batch(num_images=1, seed=0):
+    """A batch of 64x64 random images (drawn from ``seed``: the same on every call, whatever ran before) with two
+    boxes and masks (the second image: one), as a detector's data preprocessor takes it."""
+    generator = torch.Generator().manual_seed(seed)
     from mmdet.structures import DetDataSample
     from mmdet.structures.bbox import HorizontalBoxes
     from mmdet.structures.mask import BitmapMasks
@@ -191,21 +192,22 @@ def tiny_detection_batch(num_images=1):
             labels=torch.tensor([3, 17][:len(boxes)]),
             masks=BitmapMasks(masks, 64, 64))
         samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
-                data_samples=samples)
+    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=generator) for _ in samples]
+    return dict(inputs=images, data_samples=samples)
 
 
-def tiny_segmentation_batch():
-    """Two 64x64 random images with random label maps of ADE20K's 150 classes."""
+def tiny_segmentation_batch(seed=0):
+    """Two 64x64 random images with random label maps of ADE20K's 150 classes, drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     samples = []
     for _ in range(2):  # two images: BN over the 1x1 pooled map of UperNet's PPM needs more than one value
         sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, 64, 64)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, 64, 64), generator=generator))
         samples.append(sample)
-    return dict(inputs=[torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8) for _ in samples],
-                data_samples=samples)
+    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=generator) for _ in samples]
+    return dict(inputs=images, data_samples=samples)
 
 
 def build_model(cfg):
