@@ -6,10 +6,12 @@ channels", naming neither the backbone nor the fix. :class:`BackboneWidthCheckHo
 ``custom_hooks``) runs :func:`check_consumer_widths` on the runner's model before training, validation or testing;
 the tools that build a model without a runner (``tools/infer.py``, ``tools/export_onnx.py``) call it themselves.
 """
+import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from .blocks import ConvNeXtBase
+from .mixed_precision import unwrap_model
 
 
 def check_consumer_widths(model):
@@ -17,17 +19,17 @@ def check_consumer_widths(model):
     backbone's maps in ``model`` (a detector or segmentor, or a wrapper of one) expect their widths. Models with
     another backbone, and readers whose ``in_channels`` means something else (a list of another length, as the
     simple pyramid's level widths), are left to their own checks."""
-    while hasattr(model, 'module'):  # DDP and TTA wrappers
-        model = model.module
+    model = unwrap_model(model)
     backbone = getattr(model, 'backbone', None)
     if not isinstance(backbone, ConvNeXtBase):  # ConvNeXt, ConvNeXtIsotropic
         return
     channels = backbone.out_channels
     neck = getattr(model, 'neck', None)
     readers = [('neck', neck)] if neck is not None else [
-        (name, getattr(model, name, None)) for name in ('decode_head', 'auxiliary_head')]
+        (name, getattr(model, name)) for name in ('decode_head', 'auxiliary_head')
+        if getattr(model, name, None) is not None]
     for where, reader in readers:
-        heads = reader if isinstance(reader, (list, tuple)) or type(reader).__name__ == 'ModuleList' else [reader]
+        heads = reader if isinstance(reader, (list, tuple, torch.nn.ModuleList)) else [reader]
         for head in heads:
             _check_reader(backbone, channels, where, head)
 
