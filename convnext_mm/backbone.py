@@ -3,12 +3,15 @@
 Data path: image -> stem (``downsample_layers.0``: 4x4 stride-4 conv, LayerNorm) -> four stages of blocks, stages
 1-3 each after a downsample layer (``downsample_layers.1..3``: LayerNorm, 2x2 stride-2 conv) -> one channels-first
 LayerNorm ``norm{i}`` per requested output, at strides 4, 8, 16, 32.
+``output_stride=16`` or ``8`` dilates the last one or two stages instead of downsampling them (timm's ConvNeXt
+rule), with the same weights: strides 4, 8, 16, 16 or 4, 8, 8, 8.
 The un-normalized map goes on to the next stage. ``use_grn=True`` gives ConvNeXt V2 blocks.
 """
 import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.registry import MODELS
 
 from . import checkpoint
@@ -34,6 +37,22 @@ ARCH_SETTINGS = {
 ARCH_NORM_EPS = {'xxlarge': 1e-5}
 NUM_STAGES = 4
 TOTAL_STRIDE = 32
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def stage_dilations(output_stride):
+    """Per stage, (its stride, the dilation of its downsample conv, the dilation of its blocks' depthwise convs)
+    for ``output_stride`` 8, 16 or 32, by timm's ConvNeXt rule: once the stride reaches ``output_stride``, a stage
+    that would downsample by 2 runs at stride 1 and doubles the dilation; its downsample conv has the dilation
+    the previous stage's blocks had (1 where that was 1 or 2, else 2)."""
+    plan, stride, dilation = [], 4, 1
+    for i in range(NUM_STAGES):
+        step = 2 if i > 0 else 1
+        if stride >= output_stride and step > 1:
+            dilation, step = dilation * step, 1
+        stride *= step
+        plan.append((stride, 1 if dilation in (1, 2) else 2, dilation))
+    return plan
 
 
 class ConvNeXtStage(nn.Sequential):
@@ -55,9 +74,34 @@ def stem_layer(in_channels, dim, norm_eps=NORM_EPS):
     return nn.Sequential(nn.Conv2d(in_channels, dim, kernel_size=4, stride=4), LayerNorm2d(dim, eps=norm_eps))
 
 
-def downsample_layer(in_dim, dim, norm_eps=NORM_EPS):
-    """``downsample_layers.1..3``: a LayerNorm, then a 2x2 stride-2 conv."""
-    return nn.Sequential(LayerNorm2d(in_dim, eps=norm_eps), nn.Conv2d(in_dim, dim, kernel_size=2, stride=2))
+class DilatedDownsampleConv(nn.Conv2d):
+    """The 2x2 downsample conv of a dilated stage: stride 1, dilation ``dilation``, and timm's 'same' padding
+    (TensorFlow's 'SAME'): ``dilation`` zero rows and columns in all, the odd one at the bottom and right, so the
+    map keeps its size. The padding is explicit (PyTorch's padding='same' pads alike, but warns on every call
+    for an even kernel and an odd dilation)."""
+
+    def __init__(self, in_dim, dim, dilation):
+        super().__init__(in_dim, dim, kernel_size=2, stride=1, dilation=dilation)
+        self.same_padding = (dilation // 2, dilation - dilation // 2) * 2  # left, right, top, bottom
+
+    def forward(self, x):
+        return super().forward(F.pad(x, self.same_padding))
+
+
+def downsample_layer(in_dim, dim, norm_eps=NORM_EPS, dilation=None):
+    """``downsample_layers.1..3``: a LayerNorm, then a 2x2 stride-2 conv, or in a dilated stage the same 2x2 conv
+    at stride 1 with the dilation ``dilation`` (:class:`DilatedDownsampleConv`): the same parameters."""
+    conv = (nn.Conv2d(in_dim, dim, kernel_size=2, stride=2) if dilation is None else
+            DilatedDownsampleConv(in_dim, dim, dilation))
+    return nn.Sequential(LayerNorm2d(in_dim, eps=norm_eps), conv)
+
+
+def check_output_stride(output_stride):
+    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f'ConvNeXt: output_stride={output_stride!r} is not supported; allowed are 32 (the '
+                         "paper's strides 4, 8, 16, 32), 16 (stage 3 dilated: 4, 8, 16, 16) and 8 (stages 2 and 3 "
+                         'dilated: 4, 8, 8, 8)')
+    return output_stride
 
 
 def resolve_norm_eps(norm_eps, arch):
@@ -91,8 +135,8 @@ def check_mmpretrain_args(values):
     for name, value in values.items():
         if name not in MMPRETRAIN_PAPER_VALUES:
             raise TypeError(f'ConvNeXt got an unknown argument {name!r}; its arguments are arch, in_channels, '
-                            'out_indices, drop_path_rate, layer_scale_init_value, frozen_stages, with_cp, use_grn, '
-                            'norm_eps, compile, init_cfg, pretrained, and mmpretrain\'s '
+                            'out_indices, output_stride, drop_path_rate, layer_scale_init_value, frozen_stages, '
+                            'with_cp, use_grn, norm_eps, compile, init_cfg, pretrained, and mmpretrain\'s '
                             f'{", ".join(MMPRETRAIN_PAPER_VALUES)}')
         allowed = MMPRETRAIN_PAPER_VALUES[name]
         if value == allowed or (isinstance(allowed, tuple) and value in allowed):
@@ -120,6 +164,10 @@ class ConvNeXt(ConvNeXtBase):
             ``dict(depths=[...], dims=[...])``.
         in_channels: channels of the input image.
         out_indices: stages whose outputs are returned (strides 4, 8, 16, 32 for 0..3).
+        output_stride: 32 (default), or 16 or 8 for dense prediction (DeepLab's heads): the last one or two
+            stages dilated instead of downsampled, as timm's ConvNeXt does, with the same parameters (names and
+            shapes), so every file that loads at 32 loads. Outputs at strides 4, 8, 16, 16 (16) or 4, 8, 8, 8 (8);
+            :attr:`out_strides` gives them.
         drop_path_rate: stochastic depth rate, rising linearly from 0 over all blocks to this value.
         layer_scale_init_value: initial layer scale; 0 disables layer scale. Ignored with ``use_grn``.
         frozen_stages: k freezes stages 0..k-1 (downsample layer, blocks and output norm of each):
@@ -146,12 +194,13 @@ class ConvNeXt(ConvNeXtBase):
     arch_settings = ARCH_SETTINGS
     own_names = staticmethod(checkpoint.to_backbone_names)
     arch_of_weights = staticmethod(checkpoint.arch_of_state_dict)
-    min_input_size, input_size_reason = TOTAL_STRIDE, 'its total stride'
+    input_size_reason = 'its output stride'
 
     def __init__(self,
                  arch='tiny',
                  in_channels=3,
                  out_indices=(0, 1, 2, 3),
+                 output_stride=TOTAL_STRIDE,
                  drop_path_rate=0.,
                  layer_scale_init_value=1e-6,
                  frozen_stages=0,
@@ -174,14 +223,18 @@ class ConvNeXt(ConvNeXtBase):
         self.frozen_stages = check_frozen('ConvNeXt', 'frozen_stages', frozen_stages, NUM_STAGES,
                                           'k freezes stages 0..k-1')
         rates = drop_path_rates('ConvNeXt', drop_path_rate, sum(depths))
+        self.output_stride = self.min_input_size = check_output_stride(output_stride)
+        plan = stage_dilations(output_stride)
+        self.stage_strides = [stride for stride, _, _ in plan]
 
         self.downsample_layers = nn.ModuleList([stem_layer(in_channels, dims[0], norm_eps)] + [
-            downsample_layer(dims[i - 1], dims[i], norm_eps) for i in range(1, NUM_STAGES)])
+            downsample_layer(dims[i - 1], dims[i], norm_eps, plan[i][1] if plan[i][2] > 1 else None)
+            for i in range(1, NUM_STAGES)])
         self.stages = nn.ModuleList()
         for i in range(NUM_STAGES):
             first = sum(depths[:i])
             self.stages.append(ConvNeXtStage([
-                ConvNeXtBlock(dims[i], rates[first + j], layer_scale_init_value, use_grn, norm_eps)
+                ConvNeXtBlock(dims[i], rates[first + j], layer_scale_init_value, use_grn, norm_eps, plan[i][2])
                 for j in range(depths[i])
             ], with_cp=with_cp))
         out_indices = resolve_out_indices('ConvNeXt', out_indices, NUM_STAGES, 'stage', 'strides 4, 8, 16, 32')
@@ -199,6 +252,11 @@ class ConvNeXt(ConvNeXtBase):
             if i in self.out_indices:
                 outs.append(self.output(i, x))
         return tuple(outs)
+
+    @property
+    def out_strides(self):
+        """The stride of each output, in the order of ``out_indices`` (4, 8, 16, 32 at ``output_stride=32``)."""
+        return [self.stage_strides[i] for i in self.out_indices]
 
     def frozen_modules(self):
         return [module for i in range(self.frozen_stages) for module in (

@@ -55,14 +55,16 @@ class GRN(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    """7x7 depthwise conv, LayerNorm, Linear to 4C, GELU, [GRN], Linear to C, [layer scale], drop path, residual.
+    """7x7 depthwise conv (``dilation``: its dilation, padded to keep the size), LayerNorm, Linear to 4C, GELU,
+    [GRN], Linear to C, [layer scale], drop path, residual.
 
     On the CPU the part after the depthwise conv may run in oneDNN (same arithmetic, one rule:
     :func:`convnext_mm.cpu_fast_path.block_path`)."""
 
-    def __init__(self, dim, drop_path=0., layer_scale_init_value=1e-6, use_grn=False, norm_eps=NORM_EPS):
+    def __init__(self, dim, drop_path=0., layer_scale_init_value=1e-6, use_grn=False, norm_eps=NORM_EPS, dilation=1):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        # dilation > 1 in the stages that a smaller output stride dilates (timm's rule): same weights, same size.
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3 * dilation, dilation=dilation, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=norm_eps)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()

@@ -2,12 +2,14 @@
 options, bad input."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reference
 from convnext_mm import ConvNeXt
 from convnext_mm.backbone import ARCH_SETTINGS
 from convnext_mm.blocks import ConvNeXtBlock
 
+from checkpoint_layouts import backbone_tensors, official_layout
 from tiny_models import SMALLEST_ARCH, randomize
 
 
@@ -204,3 +206,79 @@ def test_bad_input_tensors_are_named(x, message):
 def test_smallest_input_of_32_pixels_works():
     outs = ConvNeXt(arch=SMALLEST_ARCH).eval()(torch.randn(1, 3, 32, 45))
     assert tuple(outs[-1].shape[2:]) == (1, 1)
+
+
+# output_stride: timm's ConvNeXt rule (timm/models/convnext.py, ConvNeXt.__init__ and ConvNeXtStage), written out
+# per dilated stage: (the downsample conv's dilation, its 'same' zero padding as F.pad's (left, right, top, bottom):
+# (kernel 2 - 1) * dilation in all, the odd one at the bottom and right, as timm's pad_same, the blocks' dilation).
+DILATED_STAGES = {
+    16: {3: (1, (0, 1, 0, 1), 2)},
+    8: {2: (1, (0, 1, 0, 1), 2), 3: (2, (1, 1, 1, 1), 4)},
+}
+
+
+def dilated_transcription(model, x, dilated):
+    """The backbone's outputs on ``x`` written out: the paper's formulation (tests/reference.py) holding ``model``'s
+    weights for the undilated stages; for each stage in ``dilated``, its LayerNorm, then its 2x2 downsample conv at
+    stride 1 on the padded map, then each block with its 7x7 depthwise conv at the stage's dilation (padded by
+    3 x dilation), all by torch.nn.functional's conv2d."""
+    ref = reference.like(model)
+    outs = []
+    for i in range(4):
+        x = ref.downsample_layers[i][0](x) if i in dilated else ref.downsample_layers[i](x)
+        if i not in dilated:
+            x = ref.stages[i](x)
+        else:
+            conv_dilation, padding, dilation = dilated[i]
+            conv = ref.downsample_layers[i][1]
+            x = F.conv2d(F.pad(x, padding), conv.weight, conv.bias, dilation=conv_dilation)
+            for block in ref.stages[i]:
+                y = F.conv2d(x, block.dwconv.weight, block.dwconv.bias, padding=3 * dilation, dilation=dilation,
+                             groups=x.shape[1])
+                y = block.pwconv2(block.act(block.pwconv1(block.norm(y.permute(0, 2, 3, 1)))) if block.grn is None
+                                  else block.grn(block.act(block.pwconv1(block.norm(y.permute(0, 2, 3, 1))))))
+                if block.gamma is not None:
+                    y = block.gamma * y
+                x = x + y.permute(0, 3, 1, 2)
+        outs.append(getattr(ref, f'norm{i}')(x))
+    return outs
+
+
+@pytest.mark.parametrize('use_grn', [False, True], ids=['v1', 'v2'])
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_output_stride_dilates_the_last_stages_with_the_same_weights(tmp_path, output_stride, use_grn):
+    source = randomize(ConvNeXt(arch=SMALLEST_ARCH, use_grn=use_grn)).eval()
+    path = tmp_path / 'official.pth'
+    torch.save(official_layout(source), path)  # a file written for the usual stride-32 model
+    model = ConvNeXt(arch=SMALLEST_ARCH, use_grn=use_grn, output_stride=output_stride,
+                     init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()  # every tensor checked: the same names and shapes
+    for key, value in backbone_tensors(model).items():  # all but the output norms, which no file holds
+        torch.testing.assert_close(value, source.state_dict()[key], rtol=0, atol=0, msg=key)
+    model.eval()
+    x = torch.randn(2, 3, 70, 97)
+    with torch.no_grad():
+        outs = model(x)
+        expected = dilated_transcription(model, x, DILATED_STAGES[output_stride])
+    strides = {16: [4, 8, 16, 16], 8: [4, 8, 8, 8]}[output_stride]
+    assert model.out_strides == strides
+    # 70x97 floored by each stride-2 conv: 17x24, 8x12, 4x6, 2x3; a dilated stage keeps its input's size.
+    sizes = {4: (17, 24), 8: (8, 12), 16: (4, 6)}
+    assert [tuple(o.shape[2:]) for o in outs] == [sizes[s] for s in strides]
+    for out, ref in zip(outs, expected):
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_output_stride_32_is_the_paper_model_and_a_dilated_one_trains():
+    assert ConvNeXt(arch=SMALLEST_ARCH).out_strides == [4, 8, 16, 32]
+    model = ConvNeXt(arch=SMALLEST_ARCH, output_stride=8, out_indices=(0, 3), drop_path_rate=0.2).train()
+    assert model.out_strides == [4, 8]
+    sum(o.sum() for o in model(torch.randn(2, 3, 16, 24))).backward()  # the smallest input: its output stride
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize('output_stride', [4, 64, 24, '16', True, None])
+def test_bad_output_stride_names_the_allowed_values(output_stride):
+    with pytest.raises(ValueError, match=r'ConvNeXt: output_stride=.* is not supported; allowed are 32 .*, 16 '
+                                         r'\(stage 3 dilated: 4, 8, 16, 16\) and 8 \(stages 2 and 3 dilated'):
+        ConvNeXt(arch=SMALLEST_ARCH, output_stride=output_stride)
