@@ -10,10 +10,12 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import OptimWrapper, build_optim_wrapper
 
+from convnext_mm.width_check import check_consumer_widths
+
 import paper_figures
 from project import ROOT, config_path
 from tiny_models import (assert_every_path_got_a_gradient, build_model, record_gradients_on_every_path,
-                         tiny_detection_batch, tiny_segmentation_batch)
+                         shrink_recipe, tiny_detection_batch, tiny_segmentation_batch)
 
 # configs/NAME -> its cells in docs/results.md: the paper's results and the recipe.
 PAPER = paper_figures.by_config()
@@ -209,3 +211,74 @@ def test_v2_mask_rcnn_config_trains_a_step_on_the_cpu_without_weight_decay_on_gr
     losses = model.train_step(tiny_detection_batch(), optim_wrapper)
     assert losses and all(math.isfinite(float(value)) for value in losses.values()), losses
     assert_every_path_got_a_gradient(gradients)
+
+
+# ---- Recipes beyond the paper's: DeepLabV3+ at output stride 16, the families users pair ConvNeXt with (DINO,
+# Mask2Former, RetinaNet) and the ConvNeXt V2 recipes. Each is a row of docs/results.md's recipe table (its first
+# cell links the config, 'params here' its parameter count) and states its sources in its header.
+RECIPE_DIRS = ('deeplabv3plus', 'dino', 'mask2former', 'retinanet', 'convnext_v2')
+RECIPES = sorted(name for name, row in PAPER.items() if 'recipe' in row and name.startswith(RECIPE_DIRS))
+
+
+def test_results_has_a_row_for_every_recipe_config():
+    on_disk = {osp.relpath(path, osp.join(ROOT, 'configs')) for folder in RECIPE_DIRS
+               for path in glob.glob(osp.join(ROOT, 'configs', folder, '*.py'))}
+    assert set(RECIPES) == on_disk
+
+
+@pytest.mark.parametrize('name', RECIPES)
+def test_recipe_config_states_its_sources_and_builds_with_the_documented_parameter_count(name):
+    with open(config_path(name)) as f:
+        header = f.read().split('"""')[1]
+    assert 'Source' in header and 'this repository has' in header.replace('\n', ' ').lower(), name
+    cfg = load(name)
+    assert cfg.custom_imports.imports[-1] == 'convnext_mm' and cfg.custom_imports.allow_failed_imports is False
+    runtime = Config.fromfile(config_path('_base_/convnext_runtime.py'))
+    assert [hook.type for hook in cfg.custom_hooks] == [hook['type'] for hook in runtime.custom_hooks]
+    assert cfg.default_hooks.checkpoint.backend_args == dict(backend='atomic_local')
+    with torch.device('meta'):
+        model = build_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    documented = paper_figures.number(PAPER[name]['params here']) * 1e6
+    assert abs(params - documented) < 0.05e6, f'{name}: {params / 1e6:.2f}M parameters, docs {documented / 1e6}M'
+    check_consumer_widths(model)  # the necks and heads read the backbone's widths
+    backbone = cfg.model.backbone
+    assert backbone.init_cfg.checkpoint.startswith('data/pretrained/')
+    assert model.backbone.use_grn == name.startswith('convnext_v2/')
+    strides = {16: [4, 8, 16, 16], 32: [4, 8, 16, 32]}[backbone.get('output_stride', 32)]
+    assert ('_os16_' in name) == (backbone.get('output_stride') == 16)
+    assert model.backbone.out_strides == [strides[i] for i in backbone.out_indices]
+
+
+@pytest.mark.parametrize('name', [name for name in RECIPES if 'mask_rcnn' not in name])  # its own test, slow
+def test_recipe_config_trains_a_step_and_predicts_shrunk_on_the_cpu(name):
+    """The config with a tiny model (tests/tiny_models.py's shrink_recipe) and its own optimizer settings: one
+    training step, every backbone path with a gradient, no weight decay on GRN's gamma and beta, predictions."""
+    torch.manual_seed(0)
+    cfg = shrink_recipe(load(name))
+    cfg.merge_from_dict({'optim_wrapper.type': 'OptimWrapper'})  # what a machine without a GPU needs
+    batch = tiny_detection_batch() if cfg.default_scope == 'mmdet' else tiny_segmentation_batch()
+    model = build_model(cfg).train()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    decays = {id(param): group['weight_decay'] for group in optim_wrapper.optimizer.param_groups
+              for param in group['params']}
+    grn = [param for param_name, param in model.backbone.named_parameters() if '.grn.' in param_name]
+    assert len(grn) == (2 * sum(model.backbone.depths) if model.backbone.use_grn else 0)
+    assert {decays[id(param)] for param in grn} <= {0.0}  # as the ConvNeXt V2 authors train
+    assert decays[id(model.backbone.stages[2][0].pwconv1.weight)] == cfg.optim_wrapper.optimizer.weight_decay > 0
+    gradients = record_gradients_on_every_path(model.backbone)
+    losses = model.train_step(batch, optim_wrapper)
+    assert losses and all(math.isfinite(float(value)) for value in losses.values()), losses
+    assert_every_path_got_a_gradient(gradients)
+
+    model.eval()
+    with torch.no_grad():
+        predictions = model.test_step(batch)
+    assert len(predictions) == len(batch['inputs'])
+    if cfg.default_scope == 'mmdet':
+        instances = predictions[0].pred_instances
+        assert instances.bboxes.shape[1] == 4 and len(instances.scores) == len(instances.labels) == len(instances)
+    else:
+        for prediction in predictions:
+            labels = prediction.pred_sem_seg.data
+            assert labels.shape == (1, 64, 64) and 0 <= labels.min() and labels.max() < 150

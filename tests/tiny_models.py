@@ -216,3 +216,78 @@ def build_model(cfg):
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope(cfg.default_scope)
     return revert_sync_batchnorm(MODELS.build(cfg.model)).eval()
+
+
+# ---- the recipes beyond the paper's (configs/deeplabv3plus, dino, mask2former, retinanet, convnext_v2), shrunk for
+# one training step: an atto backbone at random init with the config's other backbone arguments (V2's GRN, the
+# output stride, the stages it outputs), its readers at atto's widths, WIDTH-channel necks and heads, fewer layers
+# and queries. The same model classes, losses, assigners and optimizer settings.
+def atto_backbone(cfg):
+    """In place: ``cfg``'s ConvNeXt as an atto at random init; returns atto's widths at its out_indices."""
+    backbone = cfg.model.backbone
+    backbone.update(arch='atto', init_cfg=None)
+    return [ATTO_DIMS[i] for i in backbone.out_indices]
+
+
+def shrink_transformer_layers(layer_cfg, num_heads=4):
+    """In place: every attention and FFN config under ``layer_cfg`` at WIDTH channels, ``num_heads`` heads."""
+    for key, part in layer_cfg.items():
+        if key.endswith('attn_cfg'):
+            part.update(embed_dims=WIDTH, num_heads=num_heads)
+        elif key == 'ffn_cfg':
+            part.update(embed_dims=WIDTH, feedforward_channels=2 * WIDTH)
+
+
+def shrink_dino(cfg):
+    model = cfg.model
+    model.neck.in_channels = atto_backbone(cfg)
+    model.encoder.num_layers = model.decoder.num_layers = 1  # DINO's query positions are 256 wide by design
+    model.num_queries = 30  # a 64x64 image has 85 tokens, fewer than DINO's 900 queries
+    model.dn_cfg.group_cfg.num_dn_queries = 10
+
+
+def shrink_retinanet(cfg):
+    model = cfg.model
+    model.neck.update(in_channels=atto_backbone(cfg), out_channels=WIDTH)
+    model.bbox_head.update(in_channels=WIDTH, feat_channels=WIDTH)
+
+
+def shrink_mask2former(cfg):
+    head = cfg.model.decode_head
+    head.update(in_channels=atto_backbone(cfg), feat_channels=WIDTH, out_channels=WIDTH, num_queries=10)
+    head.pixel_decoder.encoder.num_layers = 1
+    shrink_transformer_layers(head.pixel_decoder.encoder.layer_cfg)
+    head.pixel_decoder.positional_encoding.num_feats = WIDTH // 2
+    head.positional_encoding.num_feats = WIDTH // 2
+    head.transformer_decoder.num_layers = 3  # one round over the 3 feature levels
+    shrink_transformer_layers(head.transformer_decoder.layer_cfg)
+    head.train_cfg.num_points = 1024  # of 12544 by default: a 64x64 image has 4096 pixels
+
+
+def shrink_deeplabv3plus(cfg):
+    model = cfg.model
+    widths = atto_backbone(cfg)
+    model.decode_head.update(in_channels=widths[model.decode_head.in_index], c1_in_channels=widths[0],
+                             channels=WIDTH, c1_channels=WIDTH // 4)
+    model.auxiliary_head.update(in_channels=widths[model.auxiliary_head.in_index], channels=WIDTH // 2)
+
+
+def shrink_upernet_recipe(cfg):
+    widths = atto_backbone(cfg)
+    cfg.model.decode_head.update(in_channels=widths, channels=WIDTH)
+    cfg.model.auxiliary_head.update(in_channels=widths[cfg.model.auxiliary_head.in_index], channels=WIDTH // 2)
+
+
+RECIPE_SHRINKS = {'DINO': shrink_dino, 'RetinaNet': shrink_retinanet, 'Mask2FormerHead': shrink_mask2former,
+                  'DepthwiseSeparableASPPHead': shrink_deeplabv3plus, 'UPerHead': shrink_upernet_recipe}
+
+
+def shrink_recipe(cfg):
+    """In place: ``cfg`` (a recipe config of those above) with its tiny model, told by the detector's type or the
+    segmentor's decode head; test-time windows and crops at the 64x64 test images."""
+    kind = cfg.model.type if cfg.default_scope == 'mmdet' else cfg.model.decode_head.type
+    RECIPE_SHRINKS[kind](cfg)
+    if cfg.default_scope == 'mmseg':
+        cfg.model.data_preprocessor.size = (64, 64)
+        cfg.model.test_cfg = dict(mode='whole')
+    return cfg
