@@ -84,6 +84,11 @@ class ConvNeXtIsotropic(ConvNeXtBase):
                                           'block indices, every output at stride 16')
         self.finish(out_indices, lambda i: dim, compile)
 
+    @property
+    def out_strides(self):
+        """The stride of each output: the patch size, for every block."""
+        return [PATCH_SIZE] * len(self.out_indices)
+
     def forward(self, x):
         self.check_input(x)
         # channels_last throughout, as ConvNeXt: the blocks' permutes become free views.

@@ -1,6 +1,6 @@
 """From a checkpoint to pictures and to ONNX: tools/infer.py on a folder of generated images (and a video) with a
-detector and a segmentor, tools/export_onnx.py of the backbone, the UperNet segmentor and the detector up to its
-first NMS with onnxruntime parity, tools/plot_curves.py on a logged run, and each bad input's error.
+detector and a segmentor, tools/export_onnx.py of the backbone and the UperNet segmentor with onnxruntime parity
+(the whole detector: tests/test_whole_detector.py), tools/plot_curves.py on a logged run, and each bad input's error.
 
 The paper's Cascade Mask R-CNN and UperNet configs, shrunk (tests/tiny_models.py): atto backbone, 32-channel
 heads, small images; random weights saved as a checkpoint of tools/train.py would be (state_dict and the
@@ -260,33 +260,6 @@ def test_export_segmentor_runs_in_onnxruntime_with_the_same_logits(seg, tmp_path
     (logits, ) = onnx_outputs(out, x)
     assert logits.shape == (3, len(SEG_CLASSES), 64, 96)
     assert_close_relative(logits, expected)
-
-
-def test_export_detector_up_to_its_first_nms(det, tmp_path, one_thread, capsys):
-    """The file's features and RPN outputs, passed to the PyTorch heads (as docs/deployment.md shows), give the
-    detections of the whole PyTorch model."""
-    from mmdet.structures import DetDataSample
-    config, checkpoint, model = det
-    out = tmp_path / 'cascade.onnx'
-    deviation = load_tool('export_onnx').main([config, checkpoint, '--out', str(out), '--shape', '64', '96'])
-    printed = capsys.readouterr().out
-    assert deviation <= 1e-4 and 'mmcv.ops.nms' in printed and 'mmcv.ops.RoIAlign' in printed
-    x = torch.randn(1, 3, 64, 96)
-    outputs = [torch.from_numpy(o) for o in onnx_outputs(out, x)]
-    assert len(outputs) == 15  # 5 FPN levels, the RPN's scores and box deltas of each
-    assert outputs[0].shape == (1, 32, 16, 24) and outputs[4].shape == (1, 32, 1, 2)
-
-    meta = dict(img_shape=(64, 96), ori_shape=(64, 96), scale_factor=(1.0, 1.0), batch_input_shape=(64, 96))
-    samples = [DetDataSample(metainfo=meta)]
-    with torch.no_grad():
-        features, scores, deltas = outputs[:5], outputs[5:10], outputs[10:]
-        proposals = model.rpn_head.predict_by_feat(scores, deltas, batch_img_metas=[meta], rescale=False)
-        detections = model.roi_head.predict(features, proposals, samples, rescale=True)[0]
-        expected = model.predict(x, samples, rescale=True)[0].pred_instances
-    assert len(expected) > 0
-    torch.testing.assert_close(detections.bboxes, expected.bboxes, rtol=1e-4, atol=1e-3)
-    assert torch.equal(detections.labels, expected.labels)
-    assert (detections.masks != expected.masks).float().mean() < 0.01  # a pixel at the 0.5 threshold may flip
 
 
 def test_export_refuses_a_checkpoint_of_another_model(det, seg, tmp_path):

@@ -105,7 +105,8 @@ def randomize_whole_model(model, seed=0):
 
 
 def shrink_cascade(cfg, num_classes):
-    """In place: ``cfg`` (configs/cascade/*) with a tiny model of ``num_classes`` classes."""
+    """In place: ``cfg`` (configs/cascade/* or configs/mask_rcnn/convnext_t_3x.py) with a tiny model of
+    ``num_classes`` classes."""
     model = cfg.model
     model.backbone.update(arch='atto', drop_path_rate=0.1, init_cfg=None)
     model.neck.update(in_channels=ATTO_DIMS, out_channels=WIDTH)
@@ -113,11 +114,12 @@ def shrink_cascade(cfg, num_classes):
     roi_head = model.roi_head
     roi_head.bbox_roi_extractor.out_channels = WIDTH
     roi_head.mask_roi_extractor.out_channels = WIDTH
-    for head in roi_head.bbox_head:
+    cascade = isinstance(roi_head.bbox_head, list)
+    for head in roi_head.bbox_head if cascade else [roi_head.bbox_head]:
         head.update(num_classes=num_classes, in_channels=WIDTH, conv_out_channels=WIDTH, fc_out_channels=WIDTH)
     roi_head.mask_head.update(num_classes=num_classes, in_channels=WIDTH, conv_out_channels=WIDTH)
     model.train_cfg.rpn_proposal.max_per_img = 16
-    for stage in model.train_cfg.rcnn:
+    for stage in model.train_cfg.rcnn if cascade else [model.train_cfg.rcnn]:
         stage.sampler.num = 16
     model.test_cfg.rpn.max_per_img = 16
     model.test_cfg.rcnn.max_per_img = 5
