@@ -50,7 +50,9 @@ SLOW = {
         'test_infer_segmentation_on_a_folder',
         'test_export_backbone_runs_in_onnxruntime_with_the_same_outputs',
         'test_export_segmentor_runs_in_onnxruntime_with_the_same_logits',
-        'test_export_detector_up_to_its_first_nms',
+    },
+    'test_whole_detector.py': {  # whole detectors exported, run in both engines against tools/infer.py
+        'test_the_exported_detector_gives_infers_detections',
     },
     'test_dropin.py': {  # training steps of the hosts' shipped configs and other detector families
         'test_shipped_config_with_two_edits_builds_trains_and_decays_officially',
