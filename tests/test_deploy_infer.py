@@ -323,6 +323,7 @@ class Blocker(importlib.abc.MetaPathFinder):
         if name.split('.')[0] in BLOCKED:
             raise ImportError(f'{{name}} is blocked')
 sys.meta_path.insert(0, Blocker())
+sys.path.insert(0, 'tools')  # as `python tools/deploy_infer.py` puts the script's folder first
 for engine in ('onnxruntime', 'openvino'):
     sys.argv = ['tools/deploy_infer.py'] + sys.argv[1:] + ['--engine', engine, '--out-dir', 'OUT/' + engine]
     runpy.run_path('tools/deploy_infer.py', run_name='__main__')

@@ -5,8 +5,8 @@
 
 MODEL.onnx is a whole Mask R-CNN or Cascade Mask R-CNN that ``tools/export_onnx.py CONFIG CHECKPOINT --out FILE``
 wrote: the file carries the class names, their colours and the config's test preprocessing in its metadata,
-so this tool needs only numpy, OpenCV and the engine (``onnxruntime``, or ``openvino`` with ``--engine
-openvino``). Each image is read and preprocessed as the config's test pipeline and data preprocessor do (mmcv's
+so this tool (with tools/image_inputs.py beside it) needs only numpy, OpenCV and the engine (``onnxruntime``,
+or ``openvino`` with ``--engine openvino``). Each image is read and preprocessed as the config's test pipeline and data preprocessor do (mmcv's
 decoding and resize, mean and std, padding), so the predictions are those of ``tools/infer.py`` on the
 checkpoint. ``--precision bf16`` runs the network in bfloat16 (OpenVINO only, on CPUs with bfloat16 support).
 
@@ -26,14 +26,13 @@ import importlib
 import json
 import os
 import os.path as osp
-import sys
 
 import cv2
 import numpy as np
 
+from image_inputs import error, list_inputs, read_image
+
 # As tools/infer.py (the same inputs are accepted and refused).
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
 INPUT_NAMES = ('input', 'img_shape', 'scale_factor', 'ori_shape')
 OUTPUT_NAMES = ('boxes', 'scores', 'labels', 'masks')
 METADATA_KEYS = ('classes', 'preprocess')
@@ -61,10 +60,6 @@ def parse_args(argv=None):
         parser.error('--precision bf16 runs with --engine openvino only: onnxruntime runs the file in float32 '
                      'on the CPU; add --engine openvino, or leave --precision out')
     return args
-
-
-def error(message):
-    return SystemExit(f'error: {message}')
 
 
 def export_fix(path):
@@ -344,51 +339,7 @@ def draw(image, detections, metadata, score_thr):
     return picture
 
 
-# --- inputs, as tools/infer.py -----------------------------------------------------------------------------
-
-def list_inputs(paths):
-    """[(name, path, is_video)] for the command line's inputs; each bad one is an error that names it."""
-    items = []
-    for path in paths:
-        if osp.isdir(path):
-            images = sorted(f for f in os.listdir(path)
-                            if f.lower().endswith(IMAGE_EXTENSIONS) and osp.isfile(osp.join(path, f)))
-            if not images:
-                raise error(f'folder {path} holds no images ({" ".join(IMAGE_EXTENSIONS)}; subfolders are not '
-                            'searched): put images there, or give the image or video files themselves')
-            items += [(name, osp.join(path, name), False) for name in images]
-        elif osp.isfile(path):
-            extension = osp.splitext(path)[1].lower()
-            if extension not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-                raise error(f'{path} is neither an image ({" ".join(IMAGE_EXTENSIONS)}) nor a video '
-                            f'({" ".join(VIDEO_EXTENSIONS)}); rename it if its extension is wrong')
-            items.append((osp.basename(path), path, extension in VIDEO_EXTENSIONS))
-        else:
-            raise error(f'input {path} does not exist: give image files, folders of images or video files')
-    stems = {}
-    for name, path, _ in items:
-        stem = osp.splitext(name)[0]
-        if stem in stems:
-            raise error(f'{stems[stem]} and {path} would write the same output files ({stem}.*): rename one, or '
-                        'run them with separate --out-dir')
-        stems[stem] = path
-    return items
-
-
-def read_image(path):
-    """The image as BGR uint8, decoded as mmcv's ``imread`` and the config's LoadImageFromFile do it (the file's
-    bytes through ``cv2.imdecode`` with IMREAD_COLOR); an unreadable file is an error."""
-    try:
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-    except Exception as exception:  # OpenCV raises several types for broken files
-        image, reason = None, f' ({exception})'
-    else:
-        reason = ''
-    if image is None:
-        raise error(f'cannot read image {path}{reason}: the file is not an image OpenCV can decode (truncated, '
-                    'or another format); convert it to JPEG or PNG, or remove it from the input')
-    return image
-
+# --- videos, opened as tools/infer.py opens them ---------------------------------------------------------
 
 def open_video(path):
     """The video's cv2.VideoCapture, as mmcv's VideoReader opens it; one without frames is an error."""

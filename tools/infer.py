@@ -40,12 +40,11 @@ from mmengine.config import DictAction
 from mmengine.utils import ProgressBar
 
 from config_utils import load_config
+from image_inputs import error, list_inputs, read_image
 from convnext_mm.checkpoint import CheckpointError, read_checkpoint
 from convnext_mm.mixed_precision import autocast_layers
 from trained_model import CheckpointMismatchError, check_fits, checkpoint_meta
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v')
 SEG_OPACITY = 0.5  # the image stays visible under the classes' colours
 
 
@@ -72,53 +71,6 @@ def parse_args(argv=None):
     if not 0 <= args.score_thr <= 1:
         parser.error(f'--score-thr {args.score_thr}: a score threshold is between 0 and 1')
     return args
-
-
-def error(message):
-    return SystemExit(f'error: {message}')
-
-
-def list_inputs(paths):
-    """[(name, path, is_video)] for the command line's inputs; each bad one is an error that names it."""
-    items = []
-    for path in paths:
-        if osp.isdir(path):
-            images = sorted(f for f in os.listdir(path)
-                            if f.lower().endswith(IMAGE_EXTENSIONS) and osp.isfile(osp.join(path, f)))
-            if not images:
-                raise error(f'folder {path} holds no images ({" ".join(IMAGE_EXTENSIONS)}; subfolders are not '
-                            'searched): put images there, or give the image or video files themselves')
-            items += [(name, osp.join(path, name), False) for name in images]
-        elif osp.isfile(path):
-            extension = osp.splitext(path)[1].lower()
-            if extension not in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS:
-                raise error(f'{path} is neither an image ({" ".join(IMAGE_EXTENSIONS)}) nor a video '
-                            f'({" ".join(VIDEO_EXTENSIONS)}); rename it if its extension is wrong')
-            items.append((osp.basename(path), path, extension in VIDEO_EXTENSIONS))
-        else:
-            raise error(f'input {path} does not exist: give image files, folders of images or video files')
-    stems = {}
-    for name, path, _ in items:
-        stem = osp.splitext(name)[0]
-        if stem in stems:
-            raise error(f'{stems[stem]} and {path} would write the same output files ({stem}.*): rename one, or '
-                        'run them with separate --out-dir')
-        stems[stem] = path
-    return items
-
-
-def read_image(path):
-    """The image as BGR uint8 (as the config's LoadImageFromFile reads it); an unreadable file is an error."""
-    try:
-        image = mmcv.imread(path)
-    except Exception as exception:  # mmcv/OpenCV raise several types for broken files
-        image, reason = None, f' ({exception})'
-    else:
-        reason = ''
-    if image is None:
-        raise error(f'cannot read image {path}{reason}: the file is not an image OpenCV can decode (truncated, '
-                    'or another format); convert it to JPEG or PNG, or remove it from the input')
-    return image
 
 
 def open_video(path):
