@@ -19,6 +19,7 @@ from pycocotools import mask as mask_utils
 from project import CASCADE_T, MASK_RCNN_T, load_tool
 from tiny_models import SMALLEST_ARCH, build_model, shrink_cascade
 from config_utils import load_config  # noqa: E402  tools/config_utils.py, on sys.path through project
+from deployment_parity import compare  # noqa: E402  benchmarks/, on sys.path through project
 from whole_detector import WholeDetector  # noqa: E402
 
 CLASSES = ('cat', 'dog', 'bird')
@@ -201,3 +202,17 @@ def test_the_exported_detector_gives_infers_detections(exported, engine, tmp_pat
     # more candidates passed the score threshold than an image keeps, on some image
     assert max(len(expected[name][1]) for name in names) == MAX_PER_IMAGE
     assert matched >= 0.98 * total, f'{matched} of {total} detections matched'
+    # benchmarks/deployment_parity.py, which measures the demo's parity for docs/deployment.md, pairs them alike
+    summary = compare(str(tmp_path), str(infer_dir))
+    assert (summary['paired'], summary['deployed'], summary['reference']) == (
+        matched, sum(len(found[n][1]) for n in names), sum(len(expected[n][1]) for n in names))
+
+
+def test_a_part_the_graph_does_not_reproduce_is_refused_by_name(tmp_path):
+    """A detector the whole-detector graph would compute differently from mmdet stops the export, naming the
+    part: here an RPN box coder with add_ctr_clamp."""
+    from whole_detector import ExportError
+    cfg = shrink_cascade(load_config(MASK_RCNN_T), len(CLASSES))
+    cfg.model.rpn_head.bbox_coder.add_ctr_clamp = True
+    with pytest.raises(ExportError, match='cannot be exported whole: a box coder DeltaXYWHBBoxCoder .*--backbone-only'):
+        WholeDetector(build_model(cfg))

@@ -147,7 +147,7 @@ def check_supported(model):
         problems.append('a box head with a custom classification activation')
     if problems:
         raise ExportError(f'{type(model).__name__} cannot be exported whole: ' + '; '.join(sorted(set(problems)))
-                          + '. Export it up to its first NMS with --up-to-nms, or its backbone with --backbone-only')
+                          + ': export its backbone with --backbone-only')
 
 
 def box_heads(roi_head):
