@@ -180,8 +180,8 @@ class WholeDetector(nn.Module):
         features = self.detector.extract_feat(image)
         proposals = self.propose(features, img_shape)
         boxes, scores, labels = self.detect(features, proposals, img_shape)
-        masks = self.segment(features, boxes, labels, scale_factor, ori_shape)
-        return boxes / scale_factor.repeat(2), scores, labels, masks
+        original_boxes = boxes / scale_factor.repeat(2)  # as FCNMaskHead rescales them, in place, for mmdet
+        return original_boxes, scores, labels, self.segment(features, boxes, labels, original_boxes, ori_shape)
 
     def propose(self, features, img_shape):
         """RPNHead.predict_by_feat for one image: per level the ``nms_pre`` best anchors, decoded and clipped;
@@ -268,7 +268,7 @@ class WholeDetector(nn.Module):
         keep = batched_nms(boxes, scores, labels, self.rcnn_cfg.nms.iou_threshold)[:self.rcnn_cfg.max_per_img]
         return boxes[keep], scores[keep], labels[keep]
 
-    def segment(self, features, boxes, labels, scale_factor, ori_shape):
+    def segment(self, features, boxes, labels, original_boxes, ori_shape):
         """predict_mask: the mask head(s) on the detected boxes (cascade: the mean of the three heads' sigmoid
         probabilities), the label's channel, pasted at the original size and thresholded as FCNMaskHead does."""
         roi_head = self.detector.roi_head
@@ -282,7 +282,6 @@ class WholeDetector(nn.Module):
             probabilities = probabilities[torch.arange(labels.shape[0], device=labels.device), labels]
         else:
             probabilities = probabilities[:, 0]
-        original_boxes = boxes / scale_factor.repeat(2)
         return paste_masks(probabilities, original_boxes, ori_shape) >= self.rcnn_cfg.mask_thr_binary
 
 
