@@ -35,7 +35,13 @@ PROFILED_MODULES = ('data_preprocessor', 'backbone', 'neck', 'rpn_head', 'bbox_r
 
 def synthetic_batch(scope, image_size):
     """One random uint8 image of ``image_size`` (height, width) with the metadata a test pipeline would give."""
-    image = torch.randint(0, 256, (3, *image_size), dtype=torch.uint8)
+    return image_batch(scope, torch.randint(0, 256, (3, *image_size), dtype=torch.uint8))
+
+
+def image_batch(scope, image):
+    """A ``test_step`` batch of one uint8 (3, height, width) image, taken as the test pipeline's output at its
+    original size (scale factor 1)."""
+    image_size = tuple(image.shape[1:])
     metainfo = dict(img_shape=image_size, ori_shape=image_size, scale_factor=(1.0, 1.0))
     if scope == 'mmdet':
         from mmdet.structures import DetDataSample
@@ -113,6 +119,16 @@ class PartTimer:
                 for part, seconds in rows]
 
 
+def load_model(config, checkpoint=None, cfg_options=None, device='cpu'):
+    """(config, model) of a config file, with the weights of ``checkpoint`` (else random), on ``device``."""
+    cfg = load_config(config, cfg_options)
+    model = build_model(cfg)
+    if checkpoint:
+        state = read_checkpoint(checkpoint)
+        load_state_dict(model, state.get('state_dict', state), strict=True)
+    return cfg, model.to(device)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Inference images/s of a whole detector or segmentor')
     parser.add_argument('config', help='config file')
@@ -137,12 +153,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_config(args.config, args.cfg_options)
-    model = build_model(cfg)
-    if args.checkpoint:
-        checkpoint = read_checkpoint(args.checkpoint)
-        load_state_dict(model, checkpoint.get('state_dict', checkpoint), strict=True)
-    model.to(args.device)
+    cfg, model = load_model(args.config, args.checkpoint, args.cfg_options, args.device)
     timer = PartTimer(model, args.device) if args.profile else None
     image_size = tuple(args.shape) if args.shape else paper_input_size(cfg)
     batch = synthetic_batch(cfg.default_scope, image_size)
