@@ -33,6 +33,9 @@ from onnxscript import INT64
 from onnxscript import opset18 as op
 from torch import Tensor
 
+# A RoI (batch index, x1, y1, x2, y2) of one feature pixel: what a level pools for RoIs not on it, and the
+# extra row that keeps a head's batch from being empty.
+PLACEHOLDER_ROI = (0.0, 0.0, 0.0, 1.0, 1.0)
 # DeltaXYWHBBoxCoder.decode's default, which mmdet's heads never override.
 WH_RATIO_CLIP = 16 / 1000
 # ``NonMaxSuppression`` selects at most this many boxes per class: more than any detector here keeps.
@@ -217,7 +220,7 @@ class WholeDetector(nn.Module):
         level = sum((scale >= 2.0**k).long() for k in range(1, levels))
         # A zero-size RoI pools to 0 in mmcv and ONNX Runtime, to NaN in OpenVINO: written as 0.
         has_area = (rois[:, 3] > rois[:, 1]) & (rois[:, 4] > rois[:, 2])
-        placeholder = rois.new_tensor([0.0, 0.0, 0.0, 1.0, 1.0])  # a real box on levels a RoI is not on
+        placeholder = rois.new_tensor(PLACEHOLDER_ROI)
         layer0 = extractor.roi_layers[0]
         size = layer0.output_size[0] if isinstance(layer0.output_size, tuple) else layer0.output_size
         pooled = rois.new_zeros(rois.shape[0], extractor.out_channels, size, size)
@@ -232,7 +235,7 @@ class WholeDetector(nn.Module):
         """``head`` on the RoIs' pooled features. One placeholder RoI more, dropped after the head: no layer
         ever sees an empty batch (the exporter cannot prove a count of detections nonzero, and a norm layer
         asks)."""
-        rois = torch.cat([rois, rois.new_tensor([[0.0, 0.0, 0.0, 1.0, 1.0]])])
+        rois = torch.cat([rois, rois.new_tensor([PLACEHOLDER_ROI])])
         outputs = head(self.roi_features(extractor, features, rois))
         return tuple(o[:-1] for o in outputs) if isinstance(outputs, tuple) else outputs[:-1]
 
