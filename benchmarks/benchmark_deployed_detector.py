@@ -59,7 +59,7 @@ import numpy as np
 import torch
 
 sys.path.append(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-from benchmark import PartTimer, image_batch, load_model  # noqa: E402  tools/benchmark.py
+from benchmark import PartTimer, allocator_as_in_a_test_run, image_batch, load_model  # noqa: E402  tools/benchmark.py
 from deploy_infer import INPUT_NAMES, OUTPUT_NAMES, read_metadata  # noqa: E402
 from image_inputs import IMAGE_EXTENSIONS, read_image  # noqa: E402
 from export_onnx import match_detections  # noqa: E402
@@ -337,6 +337,7 @@ def main(argv=None):
     if cfg.default_scope != 'mmdet' or not hasattr(model, 'roi_head'):
         raise SystemExit(f'error: {args.config} is not a Mask R-CNN or Cascade Mask R-CNN config; this benchmark '
                          'times the whole detectors that tools/export_onnx.py exports')
+    allocator = allocator_as_in_a_test_run(cfg)  # for the whole process: every engine
     check_file_matches_config(args.onnx, cfg)
     shape = tuple(args.shape)
     feeds, inputs, samples = preprocessed_input(model, args.image, shape)
@@ -351,7 +352,7 @@ def main(argv=None):
           f'(input '
           f'{feeds["input"].shape[3]}x{feeds["input"].shape[2]}), {threads} threads each, median of '
           f'{args.rounds} interleaved rounds after one warm-up')
-    print(f'CPU: {cpu_name()}')
+    print(f'CPU: {cpu_name()}; {allocator}')
     print(f'{machine_line(torch.device("cpu"))}; onnxruntime {onnxruntime.__version__}, openvino '
           f'{openvino.__version__}')
     lines, results = table(runs, times, outputs, args.score_thr)

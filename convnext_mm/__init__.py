@@ -7,7 +7,7 @@ find them (their parent), and does nothing else:
 - ``OPTIM_WRAPPER_CONSTRUCTORS``: ``ConvNeXtLayerDecayOptimizerConstructor``;
 - ``OPTIM_WRAPPERS``: ``CPUAmpOptimWrapper`` (bfloat16 training on the CPU);
 - ``HOOKS``: ``RandomStateHook``, ``SafeCheckpointHook``, ``AutocastNetworkHook``, ``BackboneWidthCheckHook``,
-  ``CPUTrainingMemoryHook``, ``DemoDataHook``, ``EvalProgressBarHook``;
+  ``CPUMemoryReuseHook``, ``DemoDataHook``, ``EvalProgressBarHook``;
 - mmengine's file backend ``atomic_local`` and checkpoint loaders for ``.safetensors`` files and ``hf-hub:`` names
   (new names and prefixes; none of mmengine's is replaced).
 A run gets what its config declares: configs import the package with

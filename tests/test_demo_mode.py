@@ -176,7 +176,8 @@ def last_metrics(work_dir, prefix='coco/'):
 
 def test_mmdets_own_tools_train_and_test_the_demo_config_as_ours_do(demo_cwd, tmp_path):
     """Our tools/train.py on the demo config, then mmdet's own .mim/tools/train.py on the config it wrote into the
-    work dir: the same final validation. Both tools/test.py on that checkpoint: the same predictions and metrics."""
+    work dir: the same final validation. Both tools/test.py on that checkpoint: the same predictions and metrics,
+    with the config's hooks."""
     ours = tmp_path / 'ours'
     run([osp.join(ROOT, 'tools', 'train.py'), CASCADE_DEMO, '--work-dir', str(ours),
          '--cfg-options', *TINY_DEMO], demo_cwd)
@@ -194,8 +195,11 @@ def test_mmdets_own_tools_train_and_test_the_demo_config_as_ours_do(demo_cwd, tm
     predictions = {}
     for name, tool in (('ours', osp.join(ROOT, 'tools', 'test.py')), ('mmdet', host_tool('mmdet', 'test'))):
         out = tmp_path / f'{name}.pkl'
-        run([tool, str(dumped), checkpoint, '--work-dir', str(tmp_path / f'test_{name}'), '--out', str(out)],
-            demo_cwd)
+        done = run([tool, str(dumped), checkpoint, '--work-dir', str(tmp_path / f'test_{name}'), '--out', str(out)],
+                   demo_cwd)
+        # The config's CPUMemoryReuseHook acts in the test run of either tool.
+        assert 'CPUMemoryReuseHook: glibc keeps freed blocks of up to 1024 MiB for reuse during testing' in \
+            done.stdout + done.stderr, name
         assert last_metrics(tmp_path / f'test_{name}') == trained, name
         with open(out, 'rb') as f:
             predictions[name] = pickle.load(f)

@@ -16,6 +16,7 @@ from convnext_mm import cpu_fast_path
 from convnext_mm.blocks import GRN, ConvNeXtBlock
 
 import reference
+from project import CASCADE_T
 from tiny_models import SMALLEST_ARCH, randomize
 
 # Each element within RTOL of its reference, or within ATOL of the tensor's largest magnitude: float32 rounding
@@ -503,29 +504,57 @@ class FakeRunner:
         self.logger.info = self.logged.append
 
 
-def test_cpu_training_memory_hook_applies_for_the_training_and_gives_glibc_back(mallopt_calls):
+REUSE_CALLS = [(cpu_fast_path.M_MMAP_THRESHOLD, 2**30), (cpu_fast_path.M_TRIM_THRESHOLD, 2**31 - 1)]
+RESTORE_CALLS = [(cpu_fast_path.M_MMAP_THRESHOLD, 32 * 2**20), (cpu_fast_path.M_TRIM_THRESHOLD, 64 * 2**20)]
+
+
+@pytest.mark.parametrize('name', ['CPUMemoryReuseHook', 'CPUTrainingMemoryHook'])
+def test_cpu_memory_reuse_hook_applies_for_the_training_with_its_validations_and_gives_glibc_back(mallopt_calls,
+                                                                                                   name):
     from mmengine.registry import HOOKS
-    hook = HOOKS.build(dict(type='CPUTrainingMemoryHook'))
-    assert isinstance(hook, cpu_fast_path.CPUTrainingMemoryHook)
+    hook = HOOKS.build(dict(type=name))  # the earlier name, in configs dumped into work directories, builds it too
+    assert isinstance(hook, cpu_fast_path.CPUMemoryReuseHook)
     runner = FakeRunner(ConvNeXt(arch=SMALLEST_ARCH))
     hook.before_train(runner)
-    assert mallopt_calls == [(cpu_fast_path.M_MMAP_THRESHOLD, 2**30), (cpu_fast_path.M_TRIM_THRESHOLD, 2**31 - 1)]
+    assert mallopt_calls == REUSE_CALLS
     assert 'glibc keeps freed blocks of up to 1024 MiB for reuse during training' in runner.logged[0]
+    hook.before_val(runner)  # a validation inside training keeps the setting, before and after it
+    hook.after_val(runner)
+    assert mallopt_calls == REUSE_CALLS and len(runner.logged) == 1
     hook.after_train(runner)
-    assert mallopt_calls[2:] == [(cpu_fast_path.M_MMAP_THRESHOLD, 32 * 2**20),
-                                 (cpu_fast_path.M_TRIM_THRESHOLD, 64 * 2**20)]
+    assert mallopt_calls[2:] == RESTORE_CALLS
     assert 'glibc returns freed blocks over 32 MiB to the kernel again' in runner.logged[1]
     hook.after_train(runner)  # once only
     assert len(mallopt_calls) == 4
 
 
-def test_cpu_training_memory_hook_leaves_glibc_for_a_model_on_another_device(mallopt_calls):
+@pytest.mark.parametrize('loop', ['val', 'test'])
+def test_cpu_memory_reuse_hook_applies_for_a_test_or_validation_run_alone(mallopt_calls, loop):
+    hook = cpu_fast_path.CPUMemoryReuseHook()
+    runner = FakeRunner(ConvNeXt(arch=SMALLEST_ARCH))
+    getattr(hook, f'before_{loop}')(runner)
+    assert mallopt_calls == REUSE_CALLS
+    assert f"for reuse during {dict(val='validation', test='testing')[loop]}" in runner.logged[0]
+    getattr(hook, f'after_{loop}')(runner)
+    assert mallopt_calls[2:] == RESTORE_CALLS and len(runner.logged) == 2
+
+
+def test_cpu_memory_reuse_hook_leaves_glibc_for_a_model_on_another_device(mallopt_calls):
     with torch.device('meta'):
         runner = FakeRunner(ConvNeXt(arch=SMALLEST_ARCH))
-    hook = cpu_fast_path.CPUTrainingMemoryHook()
-    hook.before_train(runner)
-    hook.after_train(runner)
-    assert not mallopt_calls and runner.logged == ['CPUTrainingMemoryHook: the model is on meta; glibc left as it is']
+    hook = cpu_fast_path.CPUMemoryReuseHook()
+    for loop in ('train', 'test'):
+        getattr(hook, f'before_{loop}')(runner)
+        getattr(hook, f'after_{loop}')(runner)
+    assert not mallopt_calls
+    assert runner.logged == ['CPUMemoryReuseHook: the model is on meta; glibc left as it is'] * 2
+
+
+def test_the_tools_see_whether_a_config_declares_memory_reuse():
+    from mmengine.config import Config
+    assert cpu_fast_path.declares_memory_reuse(Config.fromfile(CASCADE_T))
+    assert not cpu_fast_path.declares_memory_reuse(Config(dict(custom_hooks=[dict(type='AutocastNetworkHook')])))
+    assert not cpu_fast_path.declares_memory_reuse(Config(dict()))
 
 
 def test_glibcs_thresholds_are_set_and_given_back():

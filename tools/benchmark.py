@@ -5,8 +5,9 @@
 
 Each timed iteration is the model's ``test_step`` on one image, as in ``tools/test.py``: normalization and
 padding, the network, and post-processing (detection: NMS and mask pasting; segmentation: the config's sliding
-window). The image is synthetic, of --shape (default: the FLOPs sizes of tools/get_flops.py, 1280x800 for
-detection, the config's test resize for segmentation); data loading is not timed. Without --checkpoint the
+window), with glibc's allocator as the config's hooks set it in a test run (``CPUMemoryReuseHook``). The image
+is synthetic, of --shape (default: the FLOPs sizes of tools/get_flops.py, 1280x800 for detection, the config's
+test resize for segmentation); data loading is not timed. Without --checkpoint the
 weights are random, and a detector then sends another number of boxes to post-processing than a trained one:
 give the trained checkpoint to time what users will see (with the config it was trained with: a demo checkpoint
 with its demo config, configs/demo/). ``--amp`` times mixed-precision inference as ``tools/test.py --amp`` runs
@@ -25,6 +26,7 @@ from mmengine.runner import load_state_dict
 
 from config_utils import build_model, load_config, paper_input_size
 from convnext_mm.checkpoint import read_checkpoint
+from convnext_mm.cpu_fast_path import declares_memory_reuse, reuse_freed_memory
 from convnext_mm.mixed_precision import UnsupportedModelError, autocast_layers
 
 # The parts of mmdet's and mmseg's models that --profile times: modules (their forward) by attribute name; a
@@ -129,6 +131,14 @@ def load_model(config, checkpoint=None, cfg_options=None, device='cpu'):
     return cfg, model.to(device)
 
 
+def allocator_as_in_a_test_run(cfg, device='cpu'):
+    """Set glibc as the config's hooks set it in a test run (``CPUMemoryReuseHook``: freed blocks kept for reuse,
+    10-20% of a whole model's CPU inference); a phrase saying how the allocator runs."""
+    if device.startswith('cpu') and declares_memory_reuse(cfg) and reuse_freed_memory():
+        return "glibc keeps freed blocks for reuse (the config's CPUMemoryReuseHook)"
+    return "glibc's own allocator thresholds"
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Inference images/s of a whole detector or segmentor')
     parser.add_argument('config', help='config file')
@@ -154,6 +164,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg, model = load_model(args.config, args.checkpoint, args.cfg_options, args.device)
+    allocator = allocator_as_in_a_test_run(cfg, args.device)
     timer = PartTimer(model, args.device) if args.profile else None
     image_size = tuple(args.shape) if args.shape else paper_input_size(cfg)
     batch = synthetic_batch(cfg.default_scope, image_size)
@@ -167,7 +178,7 @@ def main(argv=None):
     found = '' if detections is None else f', {detections} detections'
     print(f'{args.config}: {speed:.2f} images/s ({1000 / speed:.0f} ms per image) on {args.device}, {precision}, '
           f'{image_size[1]}x{image_size[0]} input{found}, {args.iters} timed after {args.warmup} warm-up '
-          f'iterations, {torch.get_num_threads()} CPU threads')
+          f'iterations, {torch.get_num_threads()} CPU threads, {allocator}')
     if timer:
         print('\n'.join(timer.table(1 / speed, args.iters)))
 

@@ -21,7 +21,7 @@ custom_hooks = [
     dict(type='SafeCheckpointHook'),
     dict(type='AutocastNetworkHook'),
     dict(type='BackboneWidthCheckHook'),
-    dict(type='CPUTrainingMemoryHook'),
+    dict(type='CPUMemoryReuseHook'),
 ]
 
 model = dict(
