@@ -2,7 +2,7 @@
 fp32 and bf16, ONNX Runtime fp32, OpenVINO f32 and bf16.
 
     python benchmarks/benchmark_deployed_detector.py CONFIG CHECKPOINT MODEL.onnx IMAGE [--shape 800 1216]
-        [--rounds 5] [--threads N] [--score-thr 0.3] [--profile]
+        [--rounds 5] [--threads N] [--score-thr 0.3] [--profile] [--engine NAME ...]
 
 CONFIG and CHECKPOINT are the trained detector (a demo checkpoint with its demo config, configs/demo/);
 MODEL.onnx is the same detector exported whole by ``tools/export_onnx.py CONFIG CHECKPOINT --out MODEL.onnx``.
@@ -33,7 +33,11 @@ PyTorch fp32's (0.50: twice as fast); ``dets`` the number of detections scoring 
 ``matched`` how many of them have a PyTorch fp32 detection of the same label with box IoU >= 0.9 -- equal
 counts and full matches show that the engines process the same boxes, so their times compare (bf16 may lose a
 match or two to rounding); ``returned`` all the detections, down to the config's score threshold. The last line is
-the peak resident memory of the process (all engines loaded at once), not of one engine.
+the peak resident memory of the process (all engines loaded at once), not of one engine: ``--engine NAME`` builds
+and times only that engine (pytorch-fp32, pytorch-bf16, onnxruntime, openvino-f32, openvino-bf16; repeat it for
+several), so that the line, in a fresh process, is the engine's own (with the PyTorch model, which preprocesses
+the image). glibc's allocator runs as the config's hooks set it in a test run (``CPUMemoryReuseHook``), for every
+engine.
 
 ``--profile`` adds where each engine spends its time, over one more run of each after the timed rounds:
 ONNX Runtime's profiler (time per op type, as % of that run), OpenVINO's per-layer counters (``PERF_COUNT``:
@@ -45,6 +49,7 @@ same split on a synthetic image.
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import os
 import os.path as osp
@@ -59,14 +64,18 @@ import numpy as np
 import torch
 
 sys.path.append(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-from benchmark import PartTimer, allocator_as_in_a_test_run, image_batch, load_model  # noqa: E402  tools/benchmark.py
+from benchmark import PartTimer, image_batch, load_model  # noqa: E402  tools/benchmark.py
 from deploy_infer import INPUT_NAMES, OUTPUT_NAMES, read_metadata  # noqa: E402
 from image_inputs import IMAGE_EXTENSIONS, read_image  # noqa: E402
 from export_onnx import match_detections  # noqa: E402
+from convnext_mm.cpu_fast_path import freed_memory_reuse_as_declared  # noqa: E402
 from convnext_mm.mixed_precision import autocast_layers  # noqa: E402
 from peak_memory import machine_line  # noqa: E402
 
 DEFAULT_SHAPE = (800, 1216)
+ENGINES = ('PyTorch fp32', 'PyTorch bf16', 'ONNX Runtime fp32', 'OpenVINO f32', 'OpenVINO bf16')
+# --engine's names for them
+ENGINE_OPTIONS = dict(zip(('pytorch-fp32', 'pytorch-bf16', 'onnxruntime', 'openvino-f32', 'openvino-bf16'), ENGINES))
 TOP_OPS = 8
 MATCH_IOU = 0.9  # bf16 moves boxes by a pixel or two: a looser IoU than the export check's 0.98
 # AMD's CPU families (/proc/cpuinfo 'cpu family') by core generation.
@@ -169,8 +178,9 @@ def detections(boxes, scores, labels, score_thr):
             np.asarray(labels)[keep])
 
 
-def engines(model, onnx_path, feeds, inputs, samples, threads):
-    """{name: run() -> (boxes, scores, labels)}, or {name: reason} for an engine this machine cannot run."""
+def engines(model, onnx_path, feeds, inputs, samples, threads, selected=ENGINES):
+    """{name: run() -> (boxes, scores, labels)} of the ``selected`` engines, or {name: reason} for an engine this
+    machine cannot run. Only the selected engines are built."""
 
     def pytorch(amp):
         def run():
@@ -179,23 +189,33 @@ def engines(model, onnx_path, feeds, inputs, samples, threads):
             return found.bboxes.numpy(), found.scores.numpy(), found.labels.numpy()
         return run
 
-    session = onnxruntime_session(onnx_path, threads)
-
-    def onnxruntime_run():
+    def onnxruntime_run(session):
         outputs = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feeds)))
         return outputs['boxes'], outputs['scores'], outputs['labels']
 
-    runs = {'PyTorch fp32': pytorch(False), 'PyTorch bf16': pytorch(True), 'ONNX Runtime fp32': onnxruntime_run}
-    for precision in ('f32', 'bf16'):
-        compiled = openvino_model(onnx_path, precision, threads)
-        if compiled is None:
-            runs[f'OpenVINO {precision}'] = f'{precision} not supported on this CPU'
-            continue
+    def openvino_run(compiled):
+        result = compiled(feeds)
+        return tuple(np.asarray(result[compiled.output(name)]) for name in ('boxes', 'scores', 'labels'))
 
-        def openvino_run(compiled=compiled):
-            result = compiled(feeds)
-            return tuple(np.asarray(result[compiled.output(name)]) for name in ('boxes', 'scores', 'labels'))
-        runs[f'OpenVINO {precision}'] = openvino_run
+    return engine_runs(onnx_path, threads, selected, pytorch, onnxruntime_run, openvino_run)
+
+
+def engine_runs(onnx_path, threads, selected, pytorch, onnxruntime_run, openvino_run):
+    """{name: run} of the ``selected`` engines in the order of ``ENGINES``, from ``pytorch(amp)`` and the engines'
+    ``onnxruntime_run(session)`` and ``openvino_run(compiled)``; {name: reason} where the CPU cannot run one."""
+    runs = {}
+    for name in ENGINES:
+        if name not in selected:
+            continue
+        if name.startswith('PyTorch'):
+            runs[name] = pytorch(name.endswith('bf16'))
+        elif name.startswith('ONNX Runtime'):
+            runs[name] = functools.partial(onnxruntime_run, onnxruntime_session(onnx_path, threads))
+        else:
+            precision = name.split()[-1]
+            compiled = openvino_model(onnx_path, precision, threads)
+            runs[name] = f'{precision} not supported on this CPU' if compiled is None else \
+                functools.partial(openvino_run, compiled)
     return runs
 
 
@@ -212,10 +232,16 @@ def time_interleaved(runs, rounds):
     return times, outputs
 
 
+def reference_engine(times):
+    """What the table compares with: PyTorch fp32, or with --engine the one engine timed."""
+    return 'PyTorch fp32' if 'PyTorch fp32' in times else next(iter(times))
+
+
 def table(runs, times, outputs, score_thr):
     """The rows of the speed table, and {name: (median seconds, detections, matched)} for the engines that ran."""
-    reference_time = statistics.median(times['PyTorch fp32'])
-    reference = detections(*outputs['PyTorch fp32'], score_thr)
+    reference_name = reference_engine(times)
+    reference_time = statistics.median(times[reference_name])
+    reference = detections(*outputs[reference_name], score_thr)
     lines = [f'  {"engine":<20} {"s/image":>8} {"vs fp32":>8} {"dets":>5} {"matched":>8} {"returned":>9}']
     results = {}
     for name, run in runs.items():
@@ -302,29 +328,59 @@ def profile_pytorch(model, inputs, samples):
     return lines
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description='CPU speed of a whole detector in PyTorch, ONNX Runtime and '
-                                     'OpenVINO, interleaved on one image')
+def add_common_arguments(parser, onnx_help):
+    """The arguments both deployment benchmarks take: the model, its file, the image, and how to run."""
     parser.add_argument('config', help='config file the checkpoint was trained with')
     parser.add_argument('checkpoint', help='trained checkpoint')
-    parser.add_argument('onnx', metavar='MODEL.onnx', help='the whole detector tools/export_onnx.py wrote from them')
+    parser.add_argument('onnx', metavar='MODEL.onnx', help=onnx_help)
     parser.add_argument('image', help='an image file, resized to --shape; or a folder of images, tiled to --shape')
-    parser.add_argument('--shape', type=int, nargs=2, default=DEFAULT_SHAPE, metavar=('H', 'W'),
-                        help='height and width the image is resized to (default: 800 1216)')
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds, each running every engine once')
     parser.add_argument('--threads', type=int, help="CPU threads of every engine (default: PyTorch's number)")
-    parser.add_argument('--score-thr', type=float, default=0.3, help='count detections scoring at least this')
     parser.add_argument('--profile', action='store_true', help='also print where each engine spends its time')
-    args = parser.parse_args(argv)
+    parser.add_argument('--engine', action='append', choices=ENGINE_OPTIONS,
+                        help='time only this engine (repeat for several; default: all five), built alone in the '
+                        'process, so that the peak memory line is its own (with the PyTorch model, which '
+                        'preprocesses the image)')
+
+
+def check_common_arguments(parser, args):
     for label, path in (('config', args.config), ('checkpoint', args.checkpoint), ('MODEL.onnx', args.onnx)):
         if not osp.isfile(path):
             parser.error(f'{label} {path!r} is not a file')
     if not osp.exists(args.image):
         parser.error(f'image {args.image!r} does not exist: give an image file, or a folder of images to tile')
-    if min(args.shape) < 32:
-        parser.error(f'--shape {args.shape[0]} {args.shape[1]}: ConvNeXt needs at least 32x32 (its total stride)')
     if args.rounds < 1 or (args.threads is not None and args.threads < 1):
         parser.error(f'--rounds and --threads must be at least 1, got {args.rounds} and {args.threads}')
+
+
+def selected_engines(args):
+    return [ENGINE_OPTIONS[name] for name in args.engine] if args.engine else ENGINES
+
+
+def print_profiles_and_memory(args, feeds, threads, model, inputs, samples, note=''):
+    """With --profile, where each engine spends its time (the exported file on ``feeds``, the PyTorch model on
+    ``inputs``); then the process's peak resident memory."""
+    if args.profile:
+        print(f'Where the time goes, one run of each engine{note}:')
+        print('\n'.join(profile_onnxruntime(args.onnx, feeds, threads)))
+        for precision in ('f32', 'bf16'):
+            print('\n'.join(profile_openvino(args.onnx, feeds, precision, threads)))
+        print('\n'.join(profile_pytorch(model, inputs, samples)))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    print(f'Peak resident memory of this process (model, file and the engines run): {peak:.2f} GiB')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='CPU speed of a whole detector in PyTorch, ONNX Runtime and '
+                                     'OpenVINO, interleaved on one image')
+    add_common_arguments(parser, 'the whole detector tools/export_onnx.py wrote from them')
+    parser.add_argument('--shape', type=int, nargs=2, default=DEFAULT_SHAPE, metavar=('H', 'W'),
+                        help='height and width the image is resized to (default: 800 1216)')
+    parser.add_argument('--score-thr', type=float, default=0.3, help='count detections scoring at least this')
+    args = parser.parse_args(argv)
+    check_common_arguments(parser, args)
+    if min(args.shape) < 32:
+        parser.error(f'--shape {args.shape[0]} {args.shape[1]}: ConvNeXt needs at least 32x32 (its total stride)')
     return args
 
 
@@ -337,38 +393,33 @@ def main(argv=None):
     if cfg.default_scope != 'mmdet' or not hasattr(model, 'roi_head'):
         raise SystemExit(f'error: {args.config} is not a Mask R-CNN or Cascade Mask R-CNN config; this benchmark '
                          'times the whole detectors that tools/export_onnx.py exports')
-    allocator = allocator_as_in_a_test_run(cfg)  # for the whole process: every engine
     check_file_matches_config(args.onnx, cfg)
-    shape = tuple(args.shape)
-    feeds, inputs, samples = preprocessed_input(model, args.image, shape)
-    assert tuple(feeds) == INPUT_NAMES
-    runs = engines(model, args.onnx, feeds, inputs, samples, threads)
-    times, outputs = time_interleaved({name: run for name, run in runs.items() if not isinstance(run, str)},
-                                      args.rounds)
-    import onnxruntime
-    import openvino
-    how = 'tiled' if osp.isdir(args.image) else 'resized'
-    print(f'{osp.basename(args.config)} on {osp.basename(osp.normpath(args.image))} {how} to {shape[1]}x{shape[0]} '
-          f'(input '
-          f'{feeds["input"].shape[3]}x{feeds["input"].shape[2]}), {threads} threads each, median of '
-          f'{args.rounds} interleaved rounds after one warm-up')
-    print(f'CPU: {cpu_name()}; {allocator}')
-    print(f'{machine_line(torch.device("cpu"))}; onnxruntime {onnxruntime.__version__}, openvino '
-          f'{openvino.__version__}')
-    lines, results = table(runs, times, outputs, args.score_thr)
-    print(f'  (vs fp32: time over PyTorch fp32\'s; dets: detections scoring >= {args.score_thr}; matched: of them, '
-          f'with a PyTorch fp32 detection of the same label, box IoU >= {MATCH_IOU}; returned: all detections, '
-          'above the config\'s score threshold)')
-    print('\n'.join(lines))
-    if args.profile:
-        print('Where the time goes, one run of each engine:')
-        print('\n'.join(profile_onnxruntime(args.onnx, feeds, threads)))
-        for precision in ('f32', 'bf16'):
-            print('\n'.join(profile_openvino(args.onnx, feeds, precision, threads)))
-        print('\n'.join(profile_pytorch(model, inputs, samples)))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(f'Peak resident memory of this process (model, file and all engines): {peak:.2f} GiB')
-    return results
+    # for the whole process: every engine
+    with freed_memory_reuse_as_declared(cfg) as allocator:
+        shape = tuple(args.shape)
+        feeds, inputs, samples = preprocessed_input(model, args.image, shape)
+        assert tuple(feeds) == INPUT_NAMES
+        runs = engines(model, args.onnx, feeds, inputs, samples, threads, selected_engines(args))
+        times, outputs = time_interleaved({name: run for name, run in runs.items() if not isinstance(run, str)},
+                                          args.rounds)
+        import onnxruntime
+        import openvino
+        how = 'tiled' if osp.isdir(args.image) else 'resized'
+        print(f'{osp.basename(args.config)} on {osp.basename(osp.normpath(args.image))} {how} to {shape[1]}x{shape[0]} '
+              f'(input '
+              f'{feeds["input"].shape[3]}x{feeds["input"].shape[2]}), {threads} threads each, median of '
+              f'{args.rounds} interleaved rounds after one warm-up')
+        print(f'CPU: {cpu_name()}; {allocator}')
+        print(f'{machine_line(torch.device("cpu"))}; onnxruntime {onnxruntime.__version__}, openvino '
+              f'{openvino.__version__}')
+        lines, results = table(runs, times, outputs, args.score_thr)
+        reference = reference_engine(times)
+        print(f'  (vs fp32: time over {reference}\'s; dets: detections scoring >= {args.score_thr}; matched: of them, '
+              f'with a {reference} detection of the same label, box IoU >= {MATCH_IOU}; returned: all detections, '
+              'above the config\'s score threshold)')
+        print('\n'.join(lines))
+        print_profiles_and_memory(args, feeds, threads, model, inputs, samples)
+        return results
 
 
 if __name__ == '__main__':

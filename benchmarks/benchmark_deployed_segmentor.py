@@ -2,7 +2,7 @@
 fp32 and bf16, ONNX Runtime fp32, OpenVINO f32 and bf16.
 
     python benchmarks/benchmark_deployed_segmentor.py CONFIG CHECKPOINT MODEL.onnx IMAGE [--shape 512 2048]
-        [--crop 512 512] [--stride 341 341] [--rounds 5] [--threads N] [--profile]
+        [--crop 512 512] [--stride 341 341] [--rounds 5] [--threads N] [--profile] [--engine NAME ...]
 
 CONFIG and CHECKPOINT are the trained segmentor (a demo checkpoint with its demo config, configs/demo/);
 MODEL.onnx is its logits for one window, ``tools/export_onnx.py CONFIG CHECKPOINT --out MODEL.onnx --shape 512
@@ -19,14 +19,13 @@ through the config's data preprocessor, which gives every engine the same normal
   pixel), then the argmax.
 
 Reading the table: ``s/image`` is the median over the rounds; ``vs fp32`` that time over PyTorch fp32's;
-``agree`` the share of pixels whose label equals PyTorch fp32's. Timing, threads, the peak memory line and
-``--profile`` are as in benchmark_deployed_detector.py; the engines' profiles are of one window, PyTorch's of
-the whole image.
+``agree`` the share of pixels whose label equals PyTorch fp32's. Timing, threads, the allocator, the peak memory
+line, ``--engine`` and ``--profile`` are as in benchmark_deployed_detector.py; the engines' profiles are of one
+window, PyTorch's of the whole image.
 """
 import argparse
 import contextlib
 import os.path as osp
-import resource
 import statistics
 import sys
 
@@ -35,11 +34,12 @@ import numpy as np
 import torch
 
 sys.path.append(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-from benchmark import allocator_as_in_a_test_run, image_batch, load_model  # noqa: E402  tools/benchmark.py
+from benchmark import image_batch, load_model  # noqa: E402  tools/benchmark.py
 from benchmark_deployed_detector import (  # noqa: E402
-    cpu_name, onnxruntime_session, openvino_model, profile_onnxruntime, profile_openvino, profile_pytorch,
-    tiled_images, time_interleaved)
+    ENGINES, add_common_arguments, check_common_arguments, cpu_name, engine_runs, print_profiles_and_memory,
+    reference_engine, selected_engines, tiled_images, time_interleaved)
 from image_inputs import read_image  # noqa: E402
+from convnext_mm.cpu_fast_path import freed_memory_reuse_as_declared  # noqa: E402
 from convnext_mm.mixed_precision import autocast_layers  # noqa: E402
 from peak_memory import machine_line  # noqa: E402
 
@@ -83,17 +83,20 @@ def slide_labels(run_window, image, crop, stride):
     return (logits / count).argmax(0)
 
 
-def check_file_takes_windows(session, path, crop):
+def check_file_takes_windows(path, crop):
     """The file must take the window size: a file exported at the demo's 128x128 crop cannot run 512x512 windows."""
-    dims = session.get_inputs()[0].shape[2:]
+    import onnx
+    dims = [dim.dim_value or dim.dim_param for dim in
+            onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim][2:]
     if all(isinstance(dim, int) for dim in dims) and tuple(dims) != tuple(crop):
         raise SystemExit(f'error: {path} takes {dims[0]}x{dims[1]} inputs, not the {crop[0]}x{crop[1]} windows: '
                          f'export it with tools/export_onnx.py CONFIG CHECKPOINT --out {path} --shape {crop[0]} '
                          f'{crop[1]}, or give --crop {dims[0]} {dims[1]}')
 
 
-def engines(model, onnx_path, inputs, samples, crop, stride, threads):
-    """{name: run() -> label map (H, W)}, or {name: reason} for an engine this machine cannot run."""
+def engines(model, onnx_path, inputs, samples, crop, stride, threads, selected=ENGINES):
+    """{name: run() -> label map (H, W)} of the ``selected`` engines, or {name: reason} for an engine this machine
+    cannot run."""
 
     def pytorch(amp):
         def run():
@@ -102,54 +105,36 @@ def engines(model, onnx_path, inputs, samples, crop, stride, threads):
         return run
 
     image = inputs.numpy()
-    session = onnxruntime_session(onnx_path, threads)
-    check_file_takes_windows(session, onnx_path, crop)
-    runs = {'PyTorch fp32': pytorch(False), 'PyTorch bf16': pytorch(True),
-            'ONNX Runtime fp32': lambda: slide_labels(lambda x: session.run(None, {'input': x})[0], image, crop,
-                                                      stride)}
-    for precision in ('f32', 'bf16'):
-        compiled = openvino_model(onnx_path, precision, threads)
-        if compiled is None:
-            runs[f'OpenVINO {precision}'] = f'{precision} not supported on this CPU'
-            continue
-        runs[f'OpenVINO {precision}'] = lambda compiled=compiled: slide_labels(
-            lambda x: np.asarray(compiled({'input': x})[compiled.output(0)]), image, crop, stride)
-    return runs
+
+    def onnxruntime_run(session):
+        return slide_labels(lambda x: session.run(None, {'input': x})[0], image, crop, stride)
+
+    def openvino_run(compiled):
+        return slide_labels(lambda x: np.asarray(compiled({'input': x})[compiled.output(0)]), image, crop, stride)
+
+    return engine_runs(onnx_path, threads, selected, pytorch, onnxruntime_run, openvino_run)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='CPU speed of a whole UperNet with its sliding window in PyTorch, '
                                      'ONNX Runtime and OpenVINO, interleaved on one image')
-    parser.add_argument('config', help='config file the checkpoint was trained with')
-    parser.add_argument('checkpoint', help='trained checkpoint')
-    parser.add_argument('onnx', metavar='MODEL.onnx', help='the segmentor tools/export_onnx.py wrote from them, '
-                        'at the window size')
-    parser.add_argument('image', help='an image file, resized to --shape; or a folder of images, tiled to --shape')
+    add_common_arguments(parser, 'the segmentor tools/export_onnx.py wrote from them, at the window size')
     parser.add_argument('--shape', type=int, nargs=2, default=(512, 2048), metavar=('H', 'W'),
                         help="height and width of the image (default: 512 2048, ADE20K's test scale)")
     parser.add_argument('--crop', type=int, nargs=2, default=(512, 512), metavar=('H', 'W'),
                         help="the sliding window's size (default: the paper's 512 512)")
     parser.add_argument('--stride', type=int, nargs=2, default=(341, 341), metavar=('H', 'W'),
                         help="the sliding window's stride (default: the paper's 341 341)")
-    parser.add_argument('--rounds', type=int, default=5, help='timed rounds, each running every engine once')
-    parser.add_argument('--threads', type=int, help="CPU threads of every engine (default: PyTorch's number)")
-    parser.add_argument('--profile', action='store_true', help='also print where each engine spends its time')
     args = parser.parse_args(argv)
-    for label, path in (('config', args.config), ('checkpoint', args.checkpoint), ('MODEL.onnx', args.onnx)):
-        if not osp.isfile(path):
-            parser.error(f'{label} {path!r} is not a file')
-    if not osp.exists(args.image):
-        parser.error(f'image {args.image!r} does not exist: give an image file, or a folder of images to tile')
+    check_common_arguments(parser, args)
     if min(args.crop) < 32 or min(args.stride) < 1 or any(c > s for c, s in zip(args.crop, args.shape)):
         parser.error(f'--crop {args.crop[0]} {args.crop[1]} must be at least 32 and fit in --shape, --stride at '
                      'least 1')
-    if args.rounds < 1 or (args.threads is not None and args.threads < 1):
-        parser.error(f'--rounds and --threads must be at least 1, got {args.rounds} and {args.threads}')
     return args
 
 
 def main(argv=None):
-    """Prints the report; returns {name: (median s/image, share of pixels agreeing with PyTorch fp32)}."""
+    """Prints the report; returns {name: (median s/image, share of pixels labelled as by PyTorch fp32)}."""
     args = parse_args(argv)
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -158,42 +143,41 @@ def main(argv=None):
     if cfg.default_scope != 'mmseg':
         raise SystemExit(f'error: {args.config} is not a segmentation config; for a detector use '
                          'benchmarks/benchmark_deployed_detector.py')
-    allocator = allocator_as_in_a_test_run(cfg)  # for the whole process: every engine
     model.eval()
-    inputs, samples = preprocessed_input(model, args.image, tuple(args.shape))
-    runs = engines(model, args.onnx, inputs, samples, tuple(args.crop), tuple(args.stride), threads)
-    times, outputs = time_interleaved({name: run for name, run in runs.items() if not isinstance(run, str)},
-                                      args.rounds)
-    import onnxruntime
-    import openvino
-    how = 'tiled' if osp.isdir(args.image) else 'resized'
-    windows = len(slide_windows(*inputs.shape[2:], args.crop, args.stride))
-    print(f'{osp.basename(args.config)} on {osp.basename(osp.normpath(args.image))} {how} to {args.shape[1]}x'
-          f'{args.shape[0]}, {windows} windows of {args.crop[1]}x{args.crop[0]} at stride {args.stride[1]}x'
-          f'{args.stride[0]}, {threads} threads each, median of {args.rounds} interleaved rounds after one warm-up')
-    print(f'CPU: {cpu_name()}; {allocator}')
-    print(f'{machine_line(torch.device("cpu"))}; onnxruntime {onnxruntime.__version__}, openvino '
-          f'{openvino.__version__}')
-    reference_time, reference = statistics.median(times['PyTorch fp32']), outputs['PyTorch fp32']
-    print(f'  {"engine":<20} {"s/image":>8} {"vs fp32":>8} {"agree":>8}')
-    results = {}
-    for name, run in runs.items():
-        if isinstance(run, str):
-            print(f'  {name:<20} {run}')
-            continue
-        seconds, agree = statistics.median(times[name]), float((outputs[name] == reference).mean())
-        results[name] = (seconds, agree)
-        print(f'  {name:<20} {seconds:8.3f} {seconds / reference_time:8.2f} {100 * agree:7.2f}%')
-    if args.profile:
+    check_file_takes_windows(args.onnx, tuple(args.crop))
+    # for the whole process: every engine
+    with freed_memory_reuse_as_declared(cfg) as allocator:
+        inputs, samples = preprocessed_input(model, args.image, tuple(args.shape))
+        runs = engines(model, args.onnx, inputs, samples, tuple(args.crop), tuple(args.stride), threads,
+                       selected_engines(args))
+        times, outputs = time_interleaved({name: run for name, run in runs.items() if not isinstance(run, str)},
+                                          args.rounds)
+        import onnxruntime
+        import openvino
+        how = 'tiled' if osp.isdir(args.image) else 'resized'
+        windows = len(slide_windows(*inputs.shape[2:], args.crop, args.stride))
+        print(f'{osp.basename(args.config)} on {osp.basename(osp.normpath(args.image))} {how} to {args.shape[1]}x'
+              f'{args.shape[0]}, {windows} windows of {args.crop[1]}x{args.crop[0]} at stride {args.stride[1]}x'
+              f'{args.stride[0]}, {threads} threads each, median of {args.rounds} interleaved rounds after one warm-up')
+        print(f'CPU: {cpu_name()}; {allocator}')
+        print(f'{machine_line(torch.device("cpu"))}; onnxruntime {onnxruntime.__version__}, openvino '
+              f'{openvino.__version__}')
+        reference_name = reference_engine(times)
+        reference_time, reference = statistics.median(times[reference_name]), outputs[reference_name]
+        print(f'  (vs fp32: time over {reference_name}\'s; agree: pixels labelled as by {reference_name})')
+        print(f'  {"engine":<20} {"s/image":>8} {"vs fp32":>8} {"agree":>8}')
+        results = {}
+        for name, run in runs.items():
+            if isinstance(run, str):
+                print(f'  {name:<20} {run}')
+                continue
+            seconds, agree = statistics.median(times[name]), float((outputs[name] == reference).mean())
+            results[name] = (seconds, agree)
+            print(f'  {name:<20} {seconds:8.3f} {seconds / reference_time:8.2f} {100 * agree:7.2f}%')
         window = {'input': np.ascontiguousarray(inputs.numpy()[:, :, :args.crop[0], :args.crop[1]])}
-        print('Where the time goes, one run of each engine (ONNX Runtime and OpenVINO: one window):')
-        print('\n'.join(profile_onnxruntime(args.onnx, window, threads)))
-        for precision in ('f32', 'bf16'):
-            print('\n'.join(profile_openvino(args.onnx, window, precision, threads)))
-        print('\n'.join(profile_pytorch(model, inputs, samples)))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(f'Peak resident memory of this process (model, file and all engines): {peak:.2f} GiB')
-    return results
+        print_profiles_and_memory(args, window, threads, model, inputs, samples,
+                                  ' (ONNX Runtime and OpenVINO: one window)')
+        return results
 
 
 if __name__ == '__main__':

@@ -377,8 +377,20 @@ HOOKS.register_module(name='CPUTrainingMemoryHook', module=CPUMemoryReuseHook)
 
 
 def declares_memory_reuse(cfg):
-    """Whether a config lists :class:`CPUMemoryReuseHook` (or its earlier name) in ``custom_hooks``: the tools that
-    run a model's steps outside mmengine's loops (tools/benchmark.py, the deployment benchmarks) then set glibc as
-    the hook does in a test run."""
+    """Whether a config lists :class:`CPUMemoryReuseHook` (or its earlier name) in ``custom_hooks``."""
     return any(hook.get('type') in ('CPUMemoryReuseHook', 'CPUTrainingMemoryHook')
                for hook in cfg.get('custom_hooks', []) or [])
+
+
+@contextlib.contextmanager
+def freed_memory_reuse_as_declared(cfg, device='cpu'):
+    """For the tools that run a model outside mmengine's loops (tools/infer.py, tools/benchmark.py, the deployment
+    benchmarks): inside this context glibc keeps freed blocks as the config's :class:`CPUMemoryReuseHook` does in
+    a test run, on the CPU; given back on leaving. Yields a phrase saying how the allocator runs."""
+    applied = str(device).startswith('cpu') and declares_memory_reuse(cfg) and reuse_freed_memory()
+    try:
+        yield ("glibc keeps freed blocks for reuse (the config's CPUMemoryReuseHook)" if applied else
+               "glibc's own allocator thresholds")
+    finally:
+        if applied:
+            restore_freed_memory_thresholds()

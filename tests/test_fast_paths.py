@@ -550,11 +550,17 @@ def test_cpu_memory_reuse_hook_leaves_glibc_for_a_model_on_another_device(mallop
     assert runner.logged == ['CPUMemoryReuseHook: the model is on meta; glibc left as it is'] * 2
 
 
-def test_the_tools_see_whether_a_config_declares_memory_reuse():
+def test_the_tools_reuse_freed_memory_while_they_run_a_config_that_declares_it(mallopt_calls):
     from mmengine.config import Config
-    assert cpu_fast_path.declares_memory_reuse(Config.fromfile(CASCADE_T))
-    assert not cpu_fast_path.declares_memory_reuse(Config(dict(custom_hooks=[dict(type='AutocastNetworkHook')])))
-    assert not cpu_fast_path.declares_memory_reuse(Config(dict()))
+    declared = Config.fromfile(CASCADE_T)  # its custom_hooks list CPUMemoryReuseHook
+    with cpu_fast_path.freed_memory_reuse_as_declared(declared) as allocator:
+        assert mallopt_calls == REUSE_CALLS and 'CPUMemoryReuseHook' in allocator
+    assert mallopt_calls[2:] == RESTORE_CALLS
+    for cfg, device in ((declared, 'cuda:0'), (Config(dict(custom_hooks=[dict(type='AutocastNetworkHook')])), 'cpu'),
+                        (Config(dict()), 'cpu')):
+        with cpu_fast_path.freed_memory_reuse_as_declared(cfg, device) as allocator:
+            assert allocator == "glibc's own allocator thresholds"
+    assert len(mallopt_calls) == 4
 
 
 def test_glibcs_thresholds_are_set_and_given_back():

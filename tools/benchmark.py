@@ -26,7 +26,7 @@ from mmengine.runner import load_state_dict
 
 from config_utils import build_model, load_config, paper_input_size
 from convnext_mm.checkpoint import read_checkpoint
-from convnext_mm.cpu_fast_path import declares_memory_reuse, reuse_freed_memory
+from convnext_mm.cpu_fast_path import freed_memory_reuse_as_declared
 from convnext_mm.mixed_precision import UnsupportedModelError, autocast_layers
 
 # The parts of mmdet's and mmseg's models that --profile times: modules (their forward) by attribute name; a
@@ -131,14 +131,6 @@ def load_model(config, checkpoint=None, cfg_options=None, device='cpu'):
     return cfg, model.to(device)
 
 
-def allocator_as_in_a_test_run(cfg, device='cpu'):
-    """Set glibc as the config's hooks set it in a test run (``CPUMemoryReuseHook``: freed blocks kept for reuse,
-    10-20% of a whole model's CPU inference); a phrase saying how the allocator runs."""
-    if device.startswith('cpu') and declares_memory_reuse(cfg) and reuse_freed_memory():
-        return "glibc keeps freed blocks for reuse (the config's CPUMemoryReuseHook)"
-    return "glibc's own allocator thresholds"
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Inference images/s of a whole detector or segmentor')
     parser.add_argument('config', help='config file')
@@ -164,12 +156,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     cfg, model = load_model(args.config, args.checkpoint, args.cfg_options, args.device)
-    allocator = allocator_as_in_a_test_run(cfg, args.device)
     timer = PartTimer(model, args.device) if args.profile else None
     image_size = tuple(args.shape) if args.shape else paper_input_size(cfg)
     batch = synthetic_batch(cfg.default_scope, image_size)
     try:
-        with autocast_layers(model) if args.amp else contextlib.nullcontext():
+        with freed_memory_reuse_as_declared(cfg, args.device) as allocator, \
+                autocast_layers(model) if args.amp else contextlib.nullcontext():
             speed, detections = images_per_second(model, batch, args.warmup, args.iters, args.device,
                                                   before_timing=timer and timer.start)
     except UnsupportedModelError as error:

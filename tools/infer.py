@@ -24,7 +24,8 @@ ADE20K's for a checkpoint without any. A checkpoint of the demo runs with its de
 a paper config, the error names the demo config). ``--amp`` runs the network's layers (backbone, neck, the heads'
 convolutions and FCs) under mmengine's autocast, bfloat16 on the CPU and float16 on CUDA, and box decoding, NMS,
 RoIAlign, mask pasting and resizing in float32 (mmcv's CPU NMS and RoIAlign take float32 only):
-convnext_mm/mixed_precision.py, as ``tools/test.py --amp``.
+convnext_mm/mixed_precision.py, as ``tools/test.py --amp``. On the CPU, glibc keeps freed blocks for reuse while
+the images run where the config lists ``CPUMemoryReuseHook``, as in its test runs.
 """
 import argparse
 import contextlib
@@ -42,6 +43,7 @@ from mmengine.utils import ProgressBar
 from config_utils import load_config
 from image_inputs import error, list_inputs, read_image
 from convnext_mm.checkpoint import CheckpointError, read_checkpoint
+from convnext_mm.cpu_fast_path import freed_memory_reuse_as_declared
 from convnext_mm.mixed_precision import autocast_layers
 from trained_model import CheckpointMismatchError, check_fits, checkpoint_meta
 
@@ -208,7 +210,8 @@ def main(argv=None):
     items = list_inputs(args.inputs)
     cfg = load_config(args.config, args.cfg_options)
     inferencer = build_inferencer(cfg, args)
-    with autocast_layers(inferencer.model) if args.amp else contextlib.nullcontext():
+    with freed_memory_reuse_as_declared(cfg, args.device), \
+            autocast_layers(inferencer.model) if args.amp else contextlib.nullcontext():
         run(inferencer, items, args.out_dir, args.score_thr)
     print(f'Pictures in {osp.join(args.out_dir, "vis")}, predictions in {osp.join(args.out_dir, "preds")}')
     return args.out_dir
