@@ -120,15 +120,19 @@ def tiled_images(folder, shape):
     return picture
 
 
-def preprocessed_input(model, image_path, shape):
-    """(ONNX feeds, mmdet inputs, mmdet data samples) of the image resized to ``shape`` (height, width) with
-    OpenCV's bilinear resize (mmcv's), or of a folder's images tiled to that size, put through the model's data
-    preprocessor."""
+def preprocessed(model, scope, image_path, shape):
+    """The model's data preprocessor's output (``inputs``, ``data_samples``) for the image resized to ``shape``
+    (height, width) with OpenCV's bilinear resize (mmcv's), or for a folder's images tiled to that size."""
     image = tiled_images(image_path, shape) if osp.isdir(image_path) else \
         cv2.resize(read_image(image_path), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    batch = image_batch('mmdet', torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
+    batch = image_batch(scope, torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
     with torch.no_grad():
-        data = model.data_preprocessor(batch, False)
+        return model.data_preprocessor(batch, False)
+
+
+def preprocessed_input(model, image_path, shape):
+    """(ONNX feeds, mmdet inputs, mmdet data samples) of the image (:func:`preprocessed`)."""
+    data = preprocessed(model, 'mmdet', image_path, shape)
     feeds = dict(input=data['inputs'].numpy(), img_shape=np.array(shape, np.float32),
                  scale_factor=np.ones(2, np.float32), ori_shape=np.array(shape, np.int64))
     return feeds, data['inputs'], data['data_samples']

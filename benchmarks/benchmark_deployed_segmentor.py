@@ -29,30 +29,17 @@ import os.path as osp
 import statistics
 import sys
 
-import cv2
 import numpy as np
 import torch
 
 sys.path.append(osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools'))
-from benchmark import image_batch, load_model  # noqa: E402  tools/benchmark.py
+from benchmark import load_model  # noqa: E402  tools/benchmark.py
 from benchmark_deployed_detector import (  # noqa: E402
     ENGINES, add_common_arguments, check_common_arguments, cpu_name, engine_runs, print_profiles_and_memory,
-    reference_engine, selected_engines, tiled_images, time_interleaved)
-from image_inputs import read_image  # noqa: E402
+    preprocessed, reference_engine, selected_engines, time_interleaved)
 from convnext_mm.cpu_fast_path import freed_memory_reuse_as_declared  # noqa: E402
 from convnext_mm.mixed_precision import autocast_layers  # noqa: E402
 from peak_memory import machine_line  # noqa: E402
-
-
-def preprocessed_input(model, image_path, shape):
-    """The normalized (1, 3, H, W) input and the data samples of the image resized to ``shape`` (or a folder's
-    images tiled to it), through the segmentor's data preprocessor."""
-    image = tiled_images(image_path, shape) if osp.isdir(image_path) else \
-        cv2.resize(read_image(image_path), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
-    batch = image_batch('mmseg', torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))
-    with torch.no_grad():
-        data = model.data_preprocessor(batch, False)
-    return data['inputs'], data['data_samples']
 
 
 def slide_windows(height, width, crop, stride):
@@ -147,7 +134,8 @@ def main(argv=None):
     check_file_takes_windows(args.onnx, tuple(args.crop))
     # for the whole process: every engine
     with freed_memory_reuse_as_declared(cfg) as allocator:
-        inputs, samples = preprocessed_input(model, args.image, tuple(args.shape))
+        data = preprocessed(model, 'mmseg', args.image, tuple(args.shape))
+        inputs, samples = data['inputs'], data['data_samples']
         runs = engines(model, args.onnx, inputs, samples, tuple(args.crop), tuple(args.stride), threads,
                        selected_engines(args))
         times, outputs = time_interleaved({name: run for name, run in runs.items() if not isinstance(run, str)},

@@ -321,9 +321,10 @@ def restore_freed_memory_thresholds():
 class CPUMemoryReuseHook(Hook):
     """``custom_hooks=[dict(type='CPUMemoryReuseHook')]``: while the run trains, validates or tests on the CPU,
     glibc keeps freed blocks for reuse (:func:`reuse_freed_memory`: CPU training steps 15-20% faster, whole-model
-    inference 5-28% in fp32 and up to 15% in bf16, the resident memory held at its peak between steps); when the outermost of those loops ends
-    (training, which runs the validations inside it, or a test run), glibc's thresholds are given back
-    (:func:`restore_freed_memory_thresholds`). Both logged. A model on another device leaves glibc as it is."""
+    inference 5-28% in fp32 and up to 15% in bf16, the resident memory held at its peak between steps); when the
+    outermost of those loops ends (training, which runs the validations inside it, or a test run), glibc's
+    thresholds are given back (:func:`restore_freed_memory_thresholds`). Both logged. A model on another device
+    leaves glibc as it is."""
 
     def __init__(self):
         self.loops = []  # the loops running with glibc's thresholds raised, outermost first
@@ -372,14 +373,14 @@ class CPUMemoryReuseHook(Hook):
         self._exit(runner, 'testing')
 
 
-# The name configs written into work directories by earlier versions use, when the hook acted on training only.
-HOOKS.register_module(name='CPUTrainingMemoryHook', module=CPUMemoryReuseHook)
+# The hook's names: its own, and its former one, which configs saved in work directories may still give.
+MEMORY_REUSE_HOOK_NAMES = ('CPUMemoryReuseHook', 'CPUTrainingMemoryHook')
+HOOKS.register_module(name=MEMORY_REUSE_HOOK_NAMES[1], module=CPUMemoryReuseHook)
 
 
 def declares_memory_reuse(cfg):
-    """Whether a config lists :class:`CPUMemoryReuseHook` (or its earlier name) in ``custom_hooks``."""
-    return any(hook.get('type') in ('CPUMemoryReuseHook', 'CPUTrainingMemoryHook')
-               for hook in cfg.get('custom_hooks', []) or [])
+    """Whether a config lists :class:`CPUMemoryReuseHook` (by either of its names) in ``custom_hooks``."""
+    return any(hook.get('type') in MEMORY_REUSE_HOOK_NAMES for hook in cfg.get('custom_hooks', []) or [])
 
 
 @contextlib.contextmanager

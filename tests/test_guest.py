@@ -94,8 +94,9 @@ def test_the_classes_are_registered_once_in_mmengine_root_registries_only(snapsh
             added[registry] = new
     assert added == {
         'mmengine.MODELS': ['ConvNeXt', 'ConvNeXtIsotropic', 'ConvNeXtLayerNorm2d', 'SimpleFeaturePyramid'],
-        'mmengine.HOOKS': ['AutocastNetworkHook', 'BackboneWidthCheckHook', 'CPUMemoryReuseHook', 'CPUTrainingMemoryHook',
-                           'DemoDataHook', 'EvalProgressBarHook', 'RandomStateHook', 'SafeCheckpointHook'],
+        'mmengine.HOOKS': ['AutocastNetworkHook', 'BackboneWidthCheckHook', 'CPUMemoryReuseHook',
+                           'CPUTrainingMemoryHook', 'DemoDataHook', 'EvalProgressBarHook', 'RandomStateHook',
+                           'SafeCheckpointHook'],
         'mmengine.OPTIM_WRAPPERS': ['CPUAmpOptimWrapper'],
         'mmengine.OPTIM_WRAPPER_CONSTRUCTORS': ['ConvNeXtLayerDecayOptimizerConstructor'],
     }

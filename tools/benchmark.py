@@ -7,10 +7,10 @@ Each timed iteration is the model's ``test_step`` on one image, as in ``tools/te
 padding, the network, and post-processing (detection: NMS and mask pasting; segmentation: the config's sliding
 window), with glibc's allocator as the config's hooks set it in a test run (``CPUMemoryReuseHook``). The image
 is synthetic, of --shape (default: the FLOPs sizes of tools/get_flops.py, 1280x800 for detection, the config's
-test resize for segmentation); data loading is not timed. Without --checkpoint the
-weights are random, and a detector then sends another number of boxes to post-processing than a trained one:
-give the trained checkpoint to time what users will see (with the config it was trained with: a demo checkpoint
-with its demo config, configs/demo/). ``--amp`` times mixed-precision inference as ``tools/test.py --amp`` runs
+test resize for segmentation); data loading is not timed. Without --checkpoint the weights are random, and a
+detector then sends another number of boxes to post-processing than a trained one: give the trained checkpoint to
+time what users will see (with the config it was trained with: a demo checkpoint with its demo config,
+configs/demo/). ``--amp`` times mixed-precision inference as ``tools/test.py --amp`` runs
 it (bfloat16 on the CPU, float16 on CUDA; convnext_mm/mixed_precision.py).
 ``--profile`` adds where the time goes: the time per image in each part of the model (the forward of the
 backbone, neck and heads, RoIAlign, each head's post-processing), over the timed iterations.
