@@ -39,7 +39,8 @@ several), so that the line, in a fresh process, is the engine's own (with the Py
 the image). glibc's allocator runs as the config's hooks set it in a test run (``CPUMemoryReuseHook``), for every
 engine.
 
-``--profile`` adds where each engine spends its time, over one more run of each after the timed rounds:
+``--profile`` adds where each engine spends its time (each selected engine), over one more run of each after the
+timed rounds:
 ONNX Runtime's profiler (time per op type, as % of that run), OpenVINO's per-layer counters (``PERF_COUNT``:
 time per layer type as % of all layers' time, with each type's most used kernel, which shows whether bf16 kernels
 ran), and for PyTorch tools/benchmark.py's split into model parts (backbone, neck, heads, RoIAlign,
@@ -364,12 +365,16 @@ def selected_engines(args):
 def print_profiles_and_memory(args, feeds, threads, model, inputs, samples, note=''):
     """With --profile, where each engine spends its time (the exported file on ``feeds``, the PyTorch model on
     ``inputs``); then the process's peak resident memory."""
-    if args.profile:
+    if args.profile:  # the selected engines only, so that the memory line stays theirs
+        selected = selected_engines(args)
         print(f'Where the time goes, one run of each engine{note}:')
-        print('\n'.join(profile_onnxruntime(args.onnx, feeds, threads)))
+        if 'ONNX Runtime fp32' in selected:
+            print('\n'.join(profile_onnxruntime(args.onnx, feeds, threads)))
         for precision in ('f32', 'bf16'):
-            print('\n'.join(profile_openvino(args.onnx, feeds, precision, threads)))
-        print('\n'.join(profile_pytorch(model, inputs, samples)))
+            if f'OpenVINO {precision}' in selected:
+                print('\n'.join(profile_openvino(args.onnx, feeds, precision, threads)))
+        if any(name.startswith('PyTorch') for name in selected):
+            print('\n'.join(profile_pytorch(model, inputs, samples)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     print(f'Peak resident memory of this process (model, file and the engines run): {peak:.2f} GiB')
 
