@@ -39,8 +39,7 @@ several), so that the line, in a fresh process, is the engine's own (with the Py
 the image). glibc's allocator runs as the config's hooks set it in a test run (``CPUMemoryReuseHook``), for every
 engine.
 
-``--profile`` adds where each engine spends its time (each selected engine), over one more run of each after the
-timed rounds:
+``--profile`` adds where each selected engine spends its time, over one more run of each after the timed rounds:
 ONNX Runtime's profiler (time per op type, as % of that run), OpenVINO's per-layer counters (``PERF_COUNT``:
 time per layer type as % of all layers' time, with each type's most used kernel, which shows whether bf16 kernels
 ran), and for PyTorch tools/benchmark.py's split into model parts (backbone, neck, heads, RoIAlign,
